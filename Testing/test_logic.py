@@ -1,0 +1,361 @@
+"""MultiTaskSegLogic with Slicer's real MRML classes (the slicer-core wheel), no Qt.
+
+Geometry is tested with a fake segmenter whose class 7 is a known physical ball, so the test
+does not depend on what a random network predicts; the real pipeline runs once end to end.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")
+
+from MultiTaskSegLib.errors import Cancelled, InputError, OutputError  # noqa: E402
+from MultiTaskSegLib.logic import MultiTaskSegLogic, volume_from_node  # noqa: E402
+
+BALL_CLASS = 7
+BALL_CENTER_LPS = np.array([-3.0, 4.0, 2.0])
+BALL_RADIUS = 6.0  # mm, at threshold 0.5 (probability falls linearly to 0 at twice this)
+SHAPE_ZYX = (20, 28, 24)
+
+
+# ---- fakes: the predict() API of the engine's Segmenter, with a known answer --------------
+
+
+class FakeClass:
+    def __init__(self, index, name, decision):
+        self.index, self.name, self.decision = index, name, decision
+        self.color = (index / 9.0, 0.5, 1.0 - index / 9.0)
+        self.task = None if index == 0 else "fake"
+
+    def slicer_terminology_string(self):
+        return f"Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure~SCT^{self.index}^{self.name}~^^~Anatomic codes~^^~^^"
+
+
+CLASSES = [FakeClass(0, "Background", "argmax"), FakeClass(1, "Tissue", "argmax")] + [
+    FakeClass(i, f"Class {i}", "threshold" if i == BALL_CLASS else "argmax") for i in range(2, 9)
+]
+
+
+class FakeMaps:
+    """ProbabilityMaps API: tissue everywhere by argmax, the ball by its threshold."""
+
+    def __init__(self, ball_probability, selected):
+        self.classes = CLASSES
+        self.selected = selected
+        self.default_thresholds = {BALL_CLASS: 0.5}
+        self._ball = ball_probability
+        self.labelmap_calls = 0
+
+    def thresholded_classes(self):
+        return [BALL_CLASS]
+
+    def probability(self, index):
+        if index == BALL_CLASS:
+            return self._ball
+        return np.where(self._ball > 0, 0.0, 1.0).astype(np.float32) if index == 1 else np.zeros_like(self._ball)
+
+    def labelmap(self, thresholds=None):
+        self.labelmap_calls += 1
+        threshold = dict(self.default_thresholds)
+        for key, value in (thresholds or {}).items():
+            threshold[BALL_CLASS if key in (BALL_CLASS, f"Class {BALL_CLASS}") else key] = value
+        return np.where(self._ball >= threshold[BALL_CLASS], BALL_CLASS, 1).astype(np.uint8)
+
+
+class FakeSegmenter:
+    def __init__(self):
+        self.calls = 0
+
+    def predict(self, volume, classes=None, progress=None, cancel=None):
+        self.calls += 1
+        if progress:
+            progress(0.5, "Fake network")
+        if cancel is not None and cancel():
+            raise Cancelled("Cancelled by the user; nothing was written.")
+        k, j, i = np.indices(volume.array.shape)
+        points = volume.index_to_physical(np.stack([i, j, k], axis=-1))  # LPS, the engine's frame
+        distance = np.linalg.norm(points - BALL_CENTER_LPS, axis=-1)
+        ball = np.clip(1.0 - distance / (2 * BALL_RADIUS), 0.0, 1.0).astype(np.float32)
+        selected = [c.index for c in CLASSES if classes is None or c.name in classes]
+        return FakeMaps(ball, [c for c in selected if c in (0, 1, BALL_CLASS)])
+
+
+# ---- scene helpers --------------------------------------------------------------------------
+
+
+def oblique_ijk_to_ras() -> np.ndarray:
+    """Rotated about an oblique axis, anisotropic spacing, one flipped axis."""
+    axis = np.array([1.0, 2.0, 0.5]) / np.linalg.norm([1.0, 2.0, 0.5])
+    angle = np.deg2rad(35)
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rotation = np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation @ np.diag([0.9, -1.1, 1.3])
+    matrix[:3, 3] = [-10.0, 12.0, -14.0]
+    # centre the volume near the ball so the ball lies inside
+    centre_ijk = np.array([SHAPE_ZYX[2], SHAPE_ZYX[1], SHAPE_ZYX[0]]) / 2.0
+    ball_ras = np.diag([-1, -1, 1]) @ BALL_CENTER_LPS
+    matrix[:3, 3] = ball_ras - matrix[:3, :3] @ centre_ijk + np.array([1.0, -0.5, 0.7])
+    return matrix
+
+
+def add_volume(scene, array=None, matrix=None, name="T1"):
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    if array is None:
+        array = np.random.default_rng(0).normal(100, 20, SHAPE_ZYX).astype(np.float32)
+    slicer.util.updateVolumeFromArray(node, array)
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(oblique_ijk_to_ras() if matrix is None else matrix))
+    return node
+
+
+def segment_ras_points(segmentationNode, segmentId):
+    """RAS centres of the voxels of a segment, read from its binary labelmap in MRML."""
+    segment = segmentationNode.GetSegmentation().GetSegment(segmentId)
+    image = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName())
+    extent = image.GetExtent()
+    dims = [extent[1] - extent[0] + 1, extent[3] - extent[2] + 1, extent[5] - extent[4] + 1]
+    labels = vtk.util.numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dims[::-1])
+    k, j, i = np.nonzero(labels == segment.GetLabelValue())
+    ijk = np.stack([i + extent[0], j + extent[2], k + extent[4], np.ones_like(i)], axis=0)
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    return (slicer.util.arrayFromVTKMatrix(matrix) @ ijk)[:3].T
+
+
+def segment_names(segmentationNode):
+    segmentation = segmentationNode.GetSegmentation()
+    return [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+
+
+def scene_summary(scene):
+    nodes = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+    segments = {n.GetID(): segment_names(n) for n in nodes if n.IsA("vtkMRMLSegmentationNode")}
+    return scene.GetNumberOfNodes(), segments
+
+
+@pytest.fixture
+def scene():
+    return slicer.vtkMRMLScene()
+
+
+@pytest.fixture
+def fake():
+    return FakeSegmenter()
+
+
+@pytest.fixture
+def logic(fake):
+    return MultiTaskSegLogic(segmenter_factory=lambda bundle, device: fake)
+
+
+class FakeBundle:
+    classes = CLASSES
+
+
+@pytest.fixture(autouse=True)
+def no_model_files(monkeypatch):
+    """The fake segmenter needs no weights: never read a model file in these tests."""
+    monkeypatch.setattr(MultiTaskSegLogic, "load_bundle", lambda self, model=None: FakeBundle())
+
+
+# ---- geometry ----------------------------------------------------------------------------
+
+
+def test_volume_from_node_converts_ras_to_lps(scene):
+    node = add_volume(scene)
+    volume = volume_from_node(node)
+    ijk_to_ras = oblique_ijk_to_ras()
+    for ijk in ([0, 0, 0], [3, 5, 7], [23, 27, 19]):
+        ras = ijk_to_ras @ np.array(ijk + [1.0])
+        np.testing.assert_allclose(volume.index_to_physical(ijk), [-ras[0], -ras[1], ras[2]], atol=1e-9)
+    np.testing.assert_allclose(volume.spacing, [0.9, 1.1, 1.3])
+    assert volume.array.shape == SHAPE_ZYX
+    np.testing.assert_array_equal(volume.array, slicer.util.arrayFromVolume(node))
+
+
+def test_segments_land_at_the_right_physical_place(scene, logic):
+    volumeNode = add_volume(scene)
+    segmentationNode = logic.segment(volumeNode)
+    ball_id = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(f"Class {BALL_CLASS}")
+    points = segment_ras_points(segmentationNode, ball_id)
+    centre_ras = np.diag([-1, -1, 1]) @ BALL_CENTER_LPS
+    distances = np.linalg.norm(points - centre_ras, axis=1)
+    assert distances.max() <= BALL_RADIUS + 1e-6
+    expected_voxels = 4 / 3 * np.pi * BALL_RADIUS**3 / (0.9 * 1.1 * 1.3)
+    assert abs(len(points) - expected_voxels) < 0.1 * expected_voxels
+    np.testing.assert_allclose(points.mean(axis=0), centre_ras, atol=0.5)
+
+
+def test_segments_are_named_coloured_tagged_with_reference_geometry(scene, logic):
+    volumeNode = add_volume(scene)
+    segmentationNode = logic.segment(volumeNode)
+    assert segment_names(segmentationNode) == ["Tissue", f"Class {BALL_CLASS}"]  # no background
+    segment = segmentationNode.GetSegmentation().GetNthSegment(1)
+    assert segment.GetColor() == pytest.approx(CLASSES[BALL_CLASS].color)
+    tag = vtk.mutable("")
+    assert segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag)
+    assert str(tag) == CLASSES[BALL_CLASS].slicer_terminology_string()
+    geometry = segmentationNode.GetSegmentation().GetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+    )
+    assert geometry.endswith("0;23;0;27;0;19;")  # extent of the 24x28x20 input
+
+
+# ---- threshold updates -------------------------------------------------------------------
+
+
+def test_threshold_update_relabels_without_running_the_network(scene, logic, fake):
+    segmentationNode = logic.segment(add_volume(scene))
+    ball_id = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(f"Class {BALL_CLASS}")
+    tissue_id = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName("Tissue")
+    before = len(segment_ras_points(segmentationNode, ball_id))
+    tissue_before = len(segment_ras_points(segmentationNode, tissue_id))
+    events = []
+    segmentationNode.GetSegmentation().AddObserver(
+        slicer.vtkSegmentation.SourceRepresentationModified, lambda *args: events.append(args)
+    )
+
+    logic.update_thresholds(segmentationNode, {BALL_CLASS: 0.75})  # radius halves
+
+    after = segment_ras_points(segmentationNode, ball_id)
+    centre_ras = np.diag([-1, -1, 1]) @ BALL_CENTER_LPS
+    assert np.linalg.norm(after - centre_ras, axis=1).max() <= BALL_RADIUS / 2 + 1e-6
+    assert 0 < len(after) < before / 4
+    assert len(segment_ras_points(segmentationNode, tissue_id)) == tissue_before + before - len(after)
+    assert fake.calls == 1
+    assert events, "the segmentation must be told its labelmap changed (views redraw on it)"
+    assert logic.current_thresholds(segmentationNode) == {BALL_CLASS: 0.75}
+
+    logic.update_thresholds(segmentationNode, {f"Class {BALL_CLASS}": 0.5})  # by name, back
+    assert len(segment_ras_points(segmentationNode, ball_id)) == before
+
+
+def test_threshold_update_keeps_deleted_segments_deleted(scene, logic):
+    segmentationNode = logic.segment(add_volume(scene))
+    segmentation = segmentationNode.GetSegmentation()
+    segmentation.RemoveSegment(segmentation.GetSegmentIdBySegmentName("Tissue"))
+    logic.update_thresholds(segmentationNode, {BALL_CLASS: 0.6})
+    ball = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(f"Class {BALL_CLASS}"))
+    image = ball.GetRepresentation(slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName())
+    labels = vtk.util.numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    assert set(np.unique(labels)) == {0, BALL_CLASS}
+
+
+def test_threshold_update_needs_a_result_of_this_logic(scene, logic):
+    other = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    with pytest.raises(OutputError, match="run Segment"):
+        logic.update_thresholds(other, {BALL_CLASS: 0.5})
+
+
+# ---- existing segmentations ----------------------------------------------------------------
+
+
+def add_user_segment(segmentationNode, name):
+    segment = slicer.vtkSegment()
+    segment.SetName(name)
+    image = slicer.vtkOrientedImageData()
+    image.SetExtent(0, 3, 0, 3, 0, 3)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    image.GetPointData().GetScalars().Fill(1)
+    segment.AddRepresentation(slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName(), image)
+    segmentationNode.GetSegmentation().AddSegment(segment)
+
+
+def test_existing_segmentation_keeps_its_other_segments(scene, logic):
+    volumeNode = add_volume(scene)
+    existing = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+    add_user_segment(existing, "Tumour")
+    result = logic.segment(volumeNode, existing)
+    assert result is existing
+    assert segment_names(existing) == ["Tumour", "Tissue", f"Class {BALL_CLASS}"]
+    logic.update_thresholds(existing, {BALL_CLASS: 0.9})
+    tumour = existing.GetSegmentation().GetSegment(existing.GetSegmentation().GetSegmentIdBySegmentName("Tumour"))
+    image = tumour.GetRepresentation(slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName())
+    assert vtk.util.numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).sum() == 64
+
+
+def test_same_name_segment_is_replaced_only_when_asked(scene, logic, fake):
+    volumeNode = add_volume(scene)
+    existing = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+    add_user_segment(existing, "Tissue")
+    before = scene_summary(scene)
+    with pytest.raises(OutputError, match="replace_existing"):
+        logic.segment(volumeNode, existing)
+    assert scene_summary(scene) == before
+    assert fake.calls == 0, "the name clash is found before the network runs"
+    logic.segment(volumeNode, existing, replace_existing=True)
+    assert segment_names(existing) == ["Tissue", f"Class {BALL_CLASS}"]
+
+
+def test_segmenting_twice_makes_a_second_node(scene, logic):
+    volumeNode = add_volume(scene)
+    first = logic.segment(volumeNode)
+    second = logic.segment(volumeNode)
+    assert first.GetID() != second.GetID() and first.GetName() != second.GetName()
+    assert logic.has_result(first) and logic.has_result(second)
+
+
+# ---- cancel and bad inputs -----------------------------------------------------------------
+
+
+def test_cancel_leaves_the_scene_unchanged(scene, logic):
+    volumeNode = add_volume(scene)
+    existing = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
+    add_user_segment(existing, "Tumour")
+    before = scene_summary(scene)
+    stages = []
+    for target in (None, existing):
+        with pytest.raises(Cancelled):
+            logic.segment(volumeNode, target, progress=lambda f, s: stages.append(s), cancel=lambda: True)
+    assert scene_summary(scene) == before
+    assert "Fake network" in stages
+
+
+def test_cancel_after_the_network_still_leaves_the_scene_unchanged(scene, logic):
+    volumeNode = add_volume(scene)
+    before = scene_summary(scene)
+    answers = iter([False, True])  # not during predict, but right after it
+    with pytest.raises(Cancelled):
+        logic.segment(volumeNode, cancel=lambda: next(answers, True))
+    assert scene_summary(scene) == before
+
+
+def test_missing_volume_is_a_clear_error(logic):
+    with pytest.raises(InputError, match="select a volume"):
+        logic.segment(None)
+
+
+def test_volume_without_voxels_is_a_clear_error(scene, logic):
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
+    with pytest.raises(InputError, match="no voxels"):
+        logic.segment(node)
+
+
+def test_2d_volume_is_a_clear_error(scene, logic):
+    node = add_volume(scene, array=np.random.default_rng(1).normal(size=(1, 30, 30)).astype(np.float32))
+    before = scene_summary(scene)
+    with pytest.raises(InputError, match="2D"):
+        logic.segment(node)
+    assert scene_summary(scene) == before
+
+
+def test_constant_volume_is_a_clear_error(scene, logic, fake):
+    node = add_volume(scene, array=np.full(SHAPE_ZYX, 7.0, dtype=np.float32))
+    with pytest.raises(InputError, match="constant"):
+        logic.segment(node)
+    assert fake.calls == 0
+
+
+def test_probability_export_gives_volumes_on_the_input_grid(scene, logic):
+    volumeNode = add_volume(scene)
+    segmentationNode = logic.segment(volumeNode)
+    nodes = logic.export_probability_volumes(segmentationNode)
+    assert [n.GetName().split(" ")[-3:] for n in nodes][1] == ["Class", str(BALL_CLASS), "probability"]
+    ball = slicer.util.arrayFromVolume(nodes[1])
+    assert ball.shape == SHAPE_ZYX and ball.dtype == np.float32 and ball.max() <= 1.0
+    matrix = vtk.vtkMatrix4x4()
+    nodes[1].GetIJKToRASMatrix(matrix)
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(matrix), oblique_ijk_to_ras(), atol=1e-9)
