@@ -1,0 +1,383 @@
+"""Volume geometry: the `Volume` record, input checks, and the canonical grid.
+
+The network sees every image on a *canonical* grid: axis-aligned in LPS (index i along +L = x,
+j along +P = y, k along +S = z, direction = identity) and isotropic. With arrays indexed
+(z, y, x), the three array planes are then the anatomical axial (z), coronal (y) and sagittal (x)
+planes whatever the scanner's orientation was, which is what the triplanar network assumes.
+`to_canonical` goes there and returns a `CanonicalGrid` that `from_canonical` uses to bring
+(probability) maps back onto the exact input grid.
+
+Conventions (docs/architecture.md): spacing and origin in ITK order (x, y, z), origin in LPS mm,
+direction column c = LPS unit vector of index axis c; physical = origin + D @ (spacing * ijk).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+MAX_VOXELS = 2 ** 31
+_PERMUTATION_TOLERANCE = 1e-6
+_SPACING_RELATIVE_TOLERANCE = 1e-6
+_INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
+
+
+def _as_3_tuple(values, name: str) -> Tuple[float, float, float]:
+    values = tuple(float(v) for v in values)
+    if len(values) != 3:
+        raise ValueError(f"{name} must have 3 values (x, y, z), got {len(values)}")
+    return values  # type: ignore[return-value]
+
+
+@dataclass
+class Volume:
+    """A 3D image with its physical geometry (ITK/LPS conventions, see module docstring)."""
+
+    array: np.ndarray
+    spacing: Tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+
+    def __post_init__(self) -> None:
+        self.spacing = _as_3_tuple(self.spacing, "spacing")
+        self.origin = _as_3_tuple(self.origin, "origin")
+        self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+
+    @property
+    def index_to_physical_matrix(self) -> np.ndarray:
+        """3x3 matrix M with physical = origin + M @ ijk."""
+        return self.direction * np.asarray(self.spacing)[None, :]
+
+    def index_to_physical(self, ijk) -> np.ndarray:
+        """Continuous indices (..., 3) in (i, j, k) order -> LPS points (..., 3) in mm."""
+        ijk = np.asarray(ijk, dtype=np.float64)
+        return ijk @ self.index_to_physical_matrix.T + np.asarray(self.origin)
+
+    def physical_to_index(self, points) -> np.ndarray:
+        """LPS points (..., 3) in mm -> continuous indices (..., 3) in (i, j, k) order."""
+        points = np.asarray(points, dtype=np.float64) - np.asarray(self.origin)
+        return points @ np.linalg.inv(self.index_to_physical_matrix).T
+
+    def with_array(self, new_array: np.ndarray) -> "Volume":
+        """Same geometry, other voxels (e.g. a labelmap of this image)."""
+        return Volume(new_array, self.spacing, self.origin, self.direction.copy())
+
+    def to_sitk(self) -> sitk.Image:
+        """A SimpleITK image with this geometry (bool -> uint8, float16 -> float32, as ITK needs)."""
+        image = sitk.GetImageFromArray(_sitk_compatible(self.array), isVector=False)
+        _set_geometry(image, self.spacing, self.origin, self.direction)
+        return image
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image) -> "Volume":
+        """Wrap a 3D single-component SimpleITK image; anything else raises InputError."""
+        components = image.GetNumberOfComponentsPerPixel()
+        if image.GetDimension() != 3 or components != 1:
+            raise InputError(_dimensionality_problem(image.GetDimension(), components, "image"))
+        direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+        return cls(sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(), direction)
+
+
+def _sitk_compatible(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
+    return array
+
+
+def _set_geometry(image: sitk.Image, spacing, origin, direction) -> None:
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetOrigin(tuple(float(o) for o in origin))
+    image.SetDirection(tuple(float(d) for d in np.asarray(direction).reshape(9)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+
+
+def _dimensionality_problem(dimension: int, components: int, what: str) -> str:
+    if components > 1:
+        return (f"The {what} has {components} components per voxel (a vector, colour or "
+                f"multi-echo image); pick one component and save it as a scalar 3D volume "
+                f"(command line: --component N; Python: read_volume(path, component=N)).")
+    if dimension == 2:
+        return (f"The {what} is 2D (a single slice); provide the whole 3D volume "
+                f"(e.g. the DICOM series folder rather than one file).")
+    if dimension == 4:
+        return (f"The {what} is 4D (a time series or several volumes in one file); pick one "
+                f"time point (command line: --component N; Python: read_volume(path, "
+                f"component=N)) or save that volume as its own 3D file.")
+    return f"The {what} has {dimension} dimensions; a 3D volume is needed."
+
+
+def validate_volume(volume: Volume, what: str = "image", max_memory_bytes: Optional[int] = None,
+                    allow_constant: bool = False) -> None:
+    """Raise InputError, with a message saying what to do, if `volume` cannot be segmented.
+
+    Checks: numeric voxel type; 3D with one value per voxel ((z, y, x, c) arrays are treated as
+    multi-component); at least one voxel in every axis; at most 2**31 voxels and a float32 copy
+    that fits in `max_memory_bytes` (if given); no NaN/Inf; not every voxel equal (an empty or
+    constant image, skipped with `allow_constant`, e.g. for labelmaps).
+    """
+    array = np.asarray(volume.array)
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
+        raise InputError(f"The {what} has non-numeric voxels (type {array.dtype}); "
+                         f"convert it to a scalar numeric image (e.g. float32 or int16).")
+    if array.ndim != 3:
+        dimension, components = array.ndim, 1
+        if array.ndim == 4 and array.shape[-1] <= 4 and array.shape[0] > 4:
+            dimension, components = 3, array.shape[-1]  # (z, y, x, c) as numpy gives vector images
+        raise InputError(_dimensionality_problem(dimension, components, what) +
+                         f" (array shape {tuple(array.shape)})")
+    if min(array.shape) < 1:
+        raise InputError(f"The {what} is empty: its size (z, y, x) is {tuple(array.shape)}; "
+                         f"every axis needs at least one voxel. Check that the file is complete.")
+    voxels = int(np.prod(array.shape, dtype=np.int64))
+    float32_bytes = voxels * 4
+    if voxels > MAX_VOXELS:
+        raise InputError(f"The {what} has {voxels:,} voxels (more than 2**31); processing it "
+                         f"would need at least {_gib(float32_bytes)} of memory. Crop or "
+                         f"downsample it first.")
+    if max_memory_bytes is not None and float32_bytes > max_memory_bytes:
+        raise InputError(f"The {what} has {voxels:,} voxels; a float32 copy alone needs "
+                         f"{_gib(float32_bytes)}, over the memory limit of "
+                         f"{_gib(max_memory_bytes)}. Crop or downsample it, or raise the limit.")
+    if np.issubdtype(array.dtype, np.inexact):
+        not_finite = sum(int(np.count_nonzero(~np.isfinite(plane))) for plane in array)
+        if not_finite:
+            raise InputError(f"The {what} contains {not_finite:,} NaN or infinite voxel values "
+                             f"of {voxels:,}; replace them (e.g. by 0) before segmenting.")
+    if not allow_constant and array.min() == array.max():
+        raise InputError(f"Every voxel of the {what} has the value {array.flat[0]!r}: it is "
+                         f"empty or constant, there is nothing to segment. Check that the "
+                         f"right file or series was loaded.")
+
+
+def _gib(num_bytes: float) -> str:
+    """Human-readable memory size (MiB below 1 GiB)."""
+    if num_bytes < 2 ** 30:
+        return f"{num_bytes / 2 ** 20:.1f} MiB"
+    return f"{num_bytes / 2 ** 30:.1f} GiB"
+
+
+# ---------------------------------------------------------------------------------------------
+# Canonical grid
+
+
+def default_target_spacing(spacing) -> float:
+    """The isotropic voxel size of the canonical grid: the median of the three spacings.
+
+    For the usual scans with two equal in-plane spacings and a different slice distance this is
+    the in-plane voxel size, which is what the paper does ("resampled to isotropic at the
+    in-plane resolution"); for an oblique or fully anisotropic scan it is the middle one, so the
+    grid neither throws away much resolution nor blows the voxel count up.
+    """
+    return float(np.median(np.asarray(spacing, dtype=np.float64)))
+
+
+@dataclass
+class CanonicalGrid:
+    """Everything needed to map arrays on the canonical grid back to the input grid.
+
+    `input_*`: the input volume's geometry (shape is (z, y, x)); `canonical_*`: the canonical
+    grid's (direction is identity). `axis_permutation`/`axis_flips` are set only when the fast
+    exact path applies: canonical axis a (x=0, y=1, z=2) is input index axis
+    `axis_permutation[a]`, reversed where `axis_flips[a]`.
+    """
+
+    input_shape: Tuple[int, int, int]
+    input_spacing: Tuple[float, float, float]
+    input_origin: Tuple[float, float, float]
+    input_direction: np.ndarray
+    input_dtype: np.dtype
+    canonical_shape: Tuple[int, int, int]
+    canonical_spacing: float
+    canonical_origin: Tuple[float, float, float]
+    axis_permutation: Optional[Tuple[int, int, int]] = None
+    axis_flips: Optional[Tuple[bool, bool, bool]] = None
+
+    @property
+    def is_exact(self) -> bool:
+        """True when canonical <-> input is a transpose/flip only (no interpolation)."""
+        return self.axis_permutation is not None
+
+    def input_volume(self, array: np.ndarray) -> Volume:
+        return Volume(array, self.input_spacing, self.input_origin, self.input_direction.copy())
+
+    def canonical_volume(self, array: np.ndarray) -> Volume:
+        return Volume(array, (self.canonical_spacing,) * 3, self.canonical_origin, np.eye(3))
+
+
+def _signed_permutation(direction: np.ndarray):
+    """(permutation, flips) if `direction` is a signed permutation matrix, else None.
+
+    permutation[a] = the input index axis that runs along physical axis a; flips[a] = whether it
+    runs along -a.
+    """
+    rounded = np.round(direction)
+    if np.max(np.abs(direction - rounded)) > _PERMUTATION_TOLERANCE:
+        return None
+    if not np.array_equal(np.abs(rounded).sum(axis=0), np.ones(3)) or \
+            not np.array_equal(np.abs(rounded).sum(axis=1), np.ones(3)):
+        return None
+    permutation = tuple(int(np.flatnonzero(rounded[a])[0]) for a in range(3))
+    flips = tuple(bool(rounded[a, permutation[a]] < 0) for a in range(3))
+    return permutation, flips
+
+
+def _numpy_axis(index_axis: int) -> int:
+    """Array axis of ITK index axis i=0, j=1, k=2 in a (z, y, x) array."""
+    return 2 - index_axis
+
+
+def _canonical_extent(volume: Volume, spacing: float):
+    """Canonical shape (z, y, x) and origin covering the bounding box of the voxel corners."""
+    size_xyz = np.array(volume.array.shape[::-1], dtype=np.float64)
+    corners_ijk = np.array([[c0, c1, c2] for c0 in (0, 1) for c1 in (0, 1) for c2 in (0, 1)],
+                           dtype=np.float64) * size_xyz - 0.5
+    corners = volume.index_to_physical(corners_ijk)
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    # The tolerance keeps an exact multiple of the spacing from gaining a voxel by rounding.
+    counts = np.maximum(1, np.ceil((high - low) / spacing - 1e-6)).astype(int)
+    origin = (low + high) / 2.0 - (counts - 1) * spacing / 2.0  # centred on the input's box
+    return (int(counts[2]), int(counts[1]), int(counts[0])), tuple(float(o) for o in origin)
+
+
+def to_canonical(volume: Volume, target_spacing: Optional[float] = None,
+                 interpolation: str = "linear") -> Tuple[Volume, CanonicalGrid]:
+    """Resample `volume` onto the canonical LPS axis-aligned isotropic grid.
+
+    The grid covers the bounding box of the input's voxel corners (voxels outside the input get
+    0); `target_spacing` defaults to `default_target_spacing`. Use "linear" for images and
+    "nearest" for labels. If the direction is a signed permutation and the spacing already
+    equals the target, the result is a bit-exact transpose/flip of the input array (same dtype).
+    Otherwise SimpleITK resamples: "nearest" keeps the dtype, "linear" gives float32 (float64
+    stays float64).
+    """
+    _check_interpolation(interpolation)
+    spacing = float(target_spacing) if target_spacing is not None else \
+        default_target_spacing(volume.spacing)
+    if not spacing > 0:
+        raise ValueError(f"target_spacing must be positive, got {target_spacing}")
+    shape, origin = _canonical_extent(volume, spacing)
+    grid = CanonicalGrid(tuple(volume.array.shape), volume.spacing, volume.origin,
+                         volume.direction.copy(), np.asarray(volume.array).dtype, shape, spacing,
+                         origin)
+
+    permutation = _signed_permutation(volume.direction)
+    same_spacing = np.allclose(volume.spacing, spacing, rtol=_SPACING_RELATIVE_TOLERANCE, atol=0)
+    if permutation is not None and same_spacing:
+        grid.axis_permutation, grid.axis_flips = permutation
+        canonical = _permute_to_canonical(np.asarray(volume.array), grid)
+        # The exact origin is the physical centre of the voxel that lands at canonical (0, 0, 0).
+        grid.canonical_origin = _exact_canonical_origin(volume, grid)
+        return grid.canonical_volume(canonical), grid
+
+    output = _resample(volume.to_sitk(), shape, (spacing,) * 3, origin, np.eye(3),
+                       interpolation, 0.0)
+    return grid.canonical_volume(_restore_dtype(output, volume.array.dtype, interpolation,
+                                                to_input=False)), grid
+
+
+def _exact_canonical_origin(volume: Volume, grid: CanonicalGrid):
+    first_ijk = np.zeros(3)
+    for axis in range(3):
+        index_axis = grid.axis_permutation[axis]
+        if grid.axis_flips[axis]:
+            first_ijk[index_axis] = volume.array.shape[_numpy_axis(index_axis)] - 1
+    return tuple(float(v) for v in volume.index_to_physical(first_ijk))
+
+
+def _permute_to_canonical(array: np.ndarray, grid: CanonicalGrid) -> np.ndarray:
+    """Input (z, y, x) -> canonical (z, y, x) by transpose and flips only (a view if possible)."""
+    # Canonical numpy axis n holds physical axis 2 - n, which is input index axis perm[2 - n].
+    source_axes = [_numpy_axis(grid.axis_permutation[2 - n]) for n in range(3)]
+    lead = array.ndim - 3
+    result = np.transpose(array, list(range(lead)) + [lead + a for a in source_axes])
+    flip_axes = [lead + n for n in range(3) if grid.axis_flips[2 - n]]
+    return np.flip(result, axis=flip_axes) if flip_axes else result
+
+
+def _permute_to_input(array: np.ndarray, grid: CanonicalGrid) -> np.ndarray:
+    lead = array.ndim - 3
+    flip_axes = [lead + n for n in range(3) if grid.axis_flips[2 - n]]
+    unflipped = np.flip(array, axis=flip_axes) if flip_axes else array
+    source_axes = [_numpy_axis(grid.axis_permutation[2 - n]) for n in range(3)]
+    inverse = np.argsort(source_axes)
+    return np.transpose(unflipped, list(range(lead)) + [lead + int(a) for a in inverse])
+
+
+def from_canonical(array: np.ndarray, grid: CanonicalGrid, interpolation: str = "linear",
+                   fill: float = 0.0) -> np.ndarray:
+    """Map a (z, y, x) or (C, z, y, x) array on the canonical grid back to the input grid.
+
+    Returns the input's shape (with the leading C kept) and `array`'s dtype. Integer arrays are
+    interpolated in float32, rounded and clipped to their type's range (uint8 probabilities stay
+    uint8); points outside the canonical grid get `fill`. Channels are resampled one at a time
+    so only one float copy of one channel exists at any time.
+    """
+    _check_interpolation(interpolation)
+    array = np.asarray(array)
+    if array.ndim not in (3, 4) or tuple(array.shape[-3:]) != tuple(grid.canonical_shape):
+        raise ValueError(f"expected an array of shape (C,) + {grid.canonical_shape} or "
+                         f"{grid.canonical_shape}, got {array.shape}")
+    if grid.is_exact:
+        return np.ascontiguousarray(_permute_to_input(array, grid))
+    if array.ndim == 4:
+        result = np.empty((array.shape[0],) + tuple(grid.input_shape), dtype=array.dtype)
+        for channel in range(array.shape[0]):
+            result[channel] = _resample_to_input(array[channel], grid, interpolation, fill)
+        return result
+    return _resample_to_input(array, grid, interpolation, fill)
+
+
+def _resample_to_input(channel: np.ndarray, grid: CanonicalGrid, interpolation: str,
+                       fill: float) -> np.ndarray:
+    work = channel
+    if interpolation == "linear" and not np.issubdtype(channel.dtype, np.floating):
+        work = channel.astype(np.float32)
+    image = grid.canonical_volume(_sitk_compatible(np.ascontiguousarray(work))).to_sitk()
+    output = _resample(image, grid.input_shape, grid.input_spacing, grid.input_origin,
+                       grid.input_direction, interpolation, fill)
+    return _restore_dtype(output, channel.dtype, interpolation, to_input=True)
+
+
+def _resample(image: sitk.Image, shape_zyx, spacing, origin, direction, interpolation: str,
+              fill: float) -> np.ndarray:
+    """SimpleITK resampling of `image` onto the given grid; returns the (z, y, x) array."""
+    if interpolation == "linear" and image.GetPixelID() not in (sitk.sitkFloat32,
+                                                                sitk.sitkFloat64):
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    reference = sitk.Image([int(s) for s in shape_zyx[::-1]], sitk.sitkUInt8)
+    _set_geometry(reference, spacing, origin, direction)
+    resampled = sitk.Resample(image, reference, sitk.Transform(), _INTERPOLATORS[interpolation],
+                              float(fill), image.GetPixelID())
+    return sitk.GetArrayFromImage(resampled)
+
+
+def _restore_dtype(array: np.ndarray, dtype: np.dtype, interpolation: str,
+                   to_input: bool) -> np.ndarray:
+    """Cast resampled voxels back: same dtype for nearest; integers rounded and clipped."""
+    dtype = np.dtype(dtype)
+    if array.dtype == dtype:
+        return array
+    if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+        if interpolation == "linear" and not to_input:
+            return array.astype(np.float32, copy=False)  # images go on in float
+        if dtype == np.bool_:
+            return array > 0.5
+        limits = np.iinfo(dtype)
+        return np.clip(np.rint(array), limits.min, limits.max).astype(dtype)
+    return array.astype(dtype, copy=False)
+
+
+def _check_interpolation(interpolation: str) -> None:
+    if interpolation not in _INTERPOLATORS:
+        raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATORS)}, "
+                         f"got {interpolation!r}")

@@ -1,0 +1,393 @@
+"""Reading images into `Volume`s and writing labelmaps and Slicer segmentations, atomically.
+
+Everything goes through SimpleITK (ITK's readers and writers), so geometry is LPS as in the rest
+of the engine. Outputs are first written to a hidden temporary file in the target folder and
+renamed over the target only when complete, so an interrupted run never leaves a half-written
+file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import re
+import shutil
+import zlib
+import tempfile
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .errors import InputError, OutputError
+from .geometry import Volume
+
+PathLike = Union[str, Path]
+
+READABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+# Formats with a detached data file (.nhdr, .mhd) cannot be renamed into place as one file.
+WRITABLE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def full_suffix(path: PathLike) -> str:
+    """The format suffix of `path`: ".nii.gz" for gzipped NIfTI, else the last suffix."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_volume(path: PathLike, series_uid: Optional[str] = None,
+                component: Optional[int] = None) -> Volume:
+    """Read a 3D image file (NIfTI, NRRD, MetaImage) or a DICOM series folder as a `Volume`.
+
+    A folder is read as a DICOM series; with several series in it, `series_uid` picks one.
+    `component` picks one component of a multi-component (vector) image or one time point of a
+    4D image. Every problem the user can fix raises InputError saying what to do.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"Input not found: {path}. Check the path (files: "
+                         f"{', '.join(READABLE_SUFFIXES)}; or a DICOM series folder).")
+    image = _read_dicom_folder(path, series_uid) if path.is_dir() else _read_image_file(path)
+    return Volume.from_sitk(_select_component(image, component, path))
+
+
+def _itk_reason(error: Exception) -> str:
+    """The informative line of an ITK exception (they come with file/line noise)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(error).__name__
+    for line in lines:
+        if "ITK ERROR" in line or "Description:" in line or "sitk::ERROR" in line:
+            reason = re.split(r"ITK ERROR:|Description:|sitk::ERROR:", line)[-1]
+            break
+    reason = re.sub(r"^\s*\w+\(0x[0-9a-fA-F]+\):\s*", "", reason)  # "NrrdImageIO(0x55..): "
+    return reason.strip().rstrip(".:")
+
+
+def _nifti_expected_bytes(header: bytes) -> Optional[int]:
+    """Header plus voxel bytes a NIfTI-1/-2 file must hold, or None if no NIfTI header."""
+    for order in ("<", ">"):
+        if len(header) < 348:
+            return None
+        size = int(np.frombuffer(header[:4], dtype=order + "i4")[0])
+        if size == 348:  # NIfTI-1: dim int16[8] @40, bitpix int16 @72, vox_offset float32 @108
+            dims = np.frombuffer(header[40:56], dtype=order + "i2").astype(np.int64)
+            bitpix = int(np.frombuffer(header[72:74], dtype=order + "i2")[0])
+            offset = int(np.frombuffer(header[108:112], dtype=order + "f4")[0])
+        elif size == 540 and len(header) >= 540:  # NIfTI-2: bitpix @14, dim int64[8] @16, vox_offset @168
+            bitpix = int(np.frombuffer(header[14:16], dtype=order + "i2")[0])
+            dims = np.frombuffer(header[16:80], dtype=order + "i8")
+            offset = int(np.frombuffer(header[168:176], dtype=order + "i8")[0])
+        else:
+            continue
+        rank = int(dims[0])
+        if not 1 <= rank <= 7:
+            return None
+        return max(offset, size) + int(np.prod(dims[1:rank + 1])) * bitpix // 8
+    return None
+
+
+def _gzip_uncompressed_size(path: Path) -> int:
+    """Stream-decompress to count bytes; raises EOFError/zlib.error/OSError if truncated."""
+    total = 0
+    with gzip.open(path, "rb") as stream:
+        while True:
+            chunk = stream.read(1 << 24)
+            if not chunk:
+                return total
+            total += len(chunk)
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """ITK silently zero-fills a truncated NIfTI file: detect it from the header's data size."""
+    compressed = full_suffix(path) == ".nii.gz"
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
+            expected = _nifti_expected_bytes(stream.read(540))
+    except (OSError, EOFError, zlib.error):
+        return  # not readable as NIfTI at all: let ITK report it
+    if expected is None:
+        return
+    if compressed:
+        with open(path, "rb") as raw:  # the gzip trailer holds the size mod 2**32: a cheap check
+            raw.seek(-4, os.SEEK_END)
+            trailer_size = int(np.frombuffer(raw.read(4), dtype="<u4")[0])
+        if trailer_size == expected % 2 ** 32:
+            return
+        try:
+            actual = _gzip_uncompressed_size(path)  # several gzip members: count for real
+        except (OSError, EOFError, zlib.error):
+            actual = -1
+    else:
+        actual = path.stat().st_size
+    if actual < expected:
+        raise InputError(f"Cannot read {path}: the file is truncated (its header announces "
+                         f"{expected:,} bytes of data, it holds "
+                         f"{'fewer' if actual < 0 else f'{actual:,}'}). Copy or export it again.")
+
+
+def _read_without_nii_sibling(path: Path) -> sitk.Image:
+    """Read name.nii.gz when name.nii exists too: ITK's NIfTI library would read name.nii."""
+    with tempfile.TemporaryDirectory() as folder:
+        alias = Path(folder) / "image.nii.gz"
+        try:
+            os.symlink(path.resolve(), alias)
+        except OSError:  # no symlinks (e.g. Windows without the privilege): copy instead
+            shutil.copyfile(path, alias)
+        return sitk.ReadImage(str(alias))
+
+
+def _read_image_file(path: Path) -> sitk.Image:
+    if full_suffix(path) in (".nii", ".nii.gz"):
+        _check_nifti_complete(path)
+    try:
+        if full_suffix(path) == ".nii.gz" and path.with_name(path.name[:-3]).exists():
+            return _read_without_nii_sibling(path)
+        return sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        hint = "" if full_suffix(path) in READABLE_SUFFIXES else \
+            f" Supported: {', '.join(READABLE_SUFFIXES)} files or a DICOM series folder."
+        raise InputError(f"Cannot read {path}: {_itk_reason(error)}. The file may be truncated, "
+                         f"corrupt or of an unsupported format.{hint}") from None
+
+
+def _series_summary(folder: Path, uid: str) -> str:
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+    description = ""
+    try:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(files[0])
+        reader.ReadImageInformation()
+        if reader.HasMetaDataKey("0008|103e"):
+            description = reader.GetMetaData("0008|103e").strip()
+    except RuntimeError:
+        pass  # the description is a courtesy; the UID and slice count identify the series
+    return f'{uid} ("{description}", {len(files)} slices)'
+
+
+def _read_dicom_folder(folder: Path, series_uid: Optional[str]) -> sitk.Image:
+    uids: List[str] = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    if not uids:
+        raise InputError(f"No DICOM series found in folder {folder}. Give a folder that directly "
+                         f"contains the DICOM files of one series, or an image file "
+                         f"({', '.join(READABLE_SUFFIXES)}).")
+    if series_uid is None and len(uids) > 1:
+        listing = "; ".join(_series_summary(folder, uid) for uid in uids)
+        raise InputError(f"Folder {folder} holds {len(uids)} DICOM series: {listing}. Pick one "
+                         f"with --series-uid UID (Python: read_volume(path, series_uid=UID)).")
+    uid = series_uid if series_uid is not None else uids[0]
+    if uid not in uids:
+        listing = "; ".join(_series_summary(folder, known) for known in uids)
+        raise InputError(f"DICOM series {uid} is not in folder {folder}; it holds: {listing}.")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+    try:
+        return reader.Execute()
+    except RuntimeError as error:
+        raise InputError(f"Cannot read DICOM series {uid} in {folder}: {_itk_reason(error)}. "
+                         f"Check that no slice file is missing or corrupt.") from None
+
+
+def _select_component(image: sitk.Image, component: Optional[int], path: Path) -> sitk.Image:
+    """One scalar 3D image out of a vector or 4D image (or InputError saying how to pick)."""
+    components = image.GetNumberOfComponentsPerPixel()
+    if components > 1:
+        if component is None:
+            raise InputError(f"{path} has {components} components per voxel; pick one with "
+                             f"--component N (Python: component=N), N in 0..{components - 1}.")
+        _check_component(component, components, path, "components")
+        image = sitk.VectorIndexSelectionCast(image, int(component))
+    elif image.GetDimension() == 4:
+        time_points = image.GetSize()[3]
+        if time_points > 1 and component is None:
+            raise InputError(f"{path} is 4D with {time_points} volumes (time points); pick one "
+                             f"with --component N (Python: component=N), N in "
+                             f"0..{time_points - 1}.")
+        index = 0 if component is None else int(component)
+        _check_component(index, time_points, path, "time points")
+        image = sitk.Extract(image, list(image.GetSize()[:3]) + [0], [0, 0, 0, index])
+    elif component not in (None, 0):
+        raise InputError(f"{path} has a single component; leave --component out.")
+    if image.GetDimension() != 3:
+        raise InputError(f"{path} is {image.GetDimension()}D; a 3D volume is needed (for a "
+                         f"DICOM series give the folder, not one slice file).")
+    return image
+
+
+def _check_component(index: int, count: int, path: Path, what: str) -> None:
+    if not 0 <= index < count:
+        raise InputError(f"--component {index} is out of range: {path} has {count} {what} "
+                         f"(0..{count - 1}).")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+@contextlib.contextmanager
+def atomic_write_path(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside `path` (same suffix); rename it over `path` on success.
+
+    The temporary file is removed if the body raises (KeyboardInterrupt included). An existing
+    `path` without `overwrite` raises OutputError before anything is written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"Output {path} is a folder; give a file name.")
+    if path.exists() and not overwrite:
+        raise OutputError(f"Output {path} exists already; use --overwrite (Python: "
+                          f"overwrite=True) to replace it, or choose another name.")
+    if not path.parent.is_dir():
+        raise OutputError(f"Output folder {path.parent} does not exist; create it first.")
+    try:
+        handle, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-",
+                                                  suffix=full_suffix(path), dir=path.parent)
+    except OSError as error:
+        raise OutputError(f"Cannot write in {path.parent}: {error.strerror}. Choose a "
+                          f"writable folder.") from None
+    os.close(handle)
+    temporary = Path(temporary_name)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+
+
+def _check_writable_suffix(path: Path, allowed=WRITABLE_SUFFIXES) -> None:
+    if full_suffix(path) not in allowed:
+        raise OutputError(f"Cannot write {path.name}: use one of {', '.join(allowed)} "
+                          f"(single-file formats, written atomically).")
+
+
+def _write_image(image: sitk.Image, path: PathLike, overwrite: bool) -> Path:
+    path = Path(path)
+    _check_writable_suffix(path)
+    with atomic_write_path(path, overwrite) as temporary:
+        try:
+            sitk.WriteImage(image, str(temporary), useCompression=True)
+        except RuntimeError as error:
+            raise OutputError(f"Cannot write {path}: {_itk_reason(error)}.") from None
+    return path
+
+
+def write_volume(volume: Volume, path: PathLike, overwrite: bool = False) -> Path:
+    """Write `volume` (any voxel type) to .nii, .nii.gz, .nrrd or .mha; returns the path."""
+    return _write_image(volume.to_sitk(), path, overwrite)
+
+
+def _labelmap_as_uint8(labelmap: np.ndarray, reference: Volume) -> np.ndarray:
+    labelmap = np.asarray(labelmap)
+    if labelmap.shape != reference.array.shape:
+        raise ValueError(f"labelmap shape {labelmap.shape} differs from the reference image "
+                         f"shape {reference.array.shape}")
+    if labelmap.size and (labelmap.min() < 0 or labelmap.max() > 255):
+        raise ValueError(f"labels must be in 0..255, got {labelmap.min()}..{labelmap.max()}")
+    return labelmap.astype(np.uint8, copy=False)
+
+
+def write_labelmap(labelmap: np.ndarray, reference: Volume, path: PathLike,
+                   overwrite: bool = False) -> Path:
+    """Write a (z, y, x) labelmap as uint8 in exactly the reference image's geometry."""
+    labels = _labelmap_as_uint8(labelmap, reference)
+    return _write_image(reference.with_array(labels).to_sitk(), path, overwrite)
+
+
+# ---------------------------------------------------------------------------------------------
+# Slicer segmentation (.seg.nrrd)
+
+
+def _segment_extent(bounding_box) -> str:
+    """Slicer's "i0 i1 j0 j1 k0 k1" voxel extent; "0 -1 0 -1 0 -1" for an empty segment."""
+    if bounding_box is None:
+        return "0 -1 0 -1 0 -1"
+    z, y, x = bounding_box
+    return " ".join(str(v) for v in (x.start, x.stop - 1, y.start, y.stop - 1,
+                                     z.start, z.stop - 1))
+
+
+def _reference_geometry_string(reference: Volume) -> str:
+    """The reference grid as Slicer serialises it: IJK-to-RAS matrix (16) then extent (6)."""
+    ijk_to_ras = np.eye(4)
+    ijk_to_ras[:3, :3] = _LPS_TO_RAS @ reference.index_to_physical_matrix
+    ijk_to_ras[:3, 3] = _LPS_TO_RAS @ np.asarray(reference.origin)
+    nz, ny, nx = reference.array.shape
+    values = [f"{v:.10g}" for v in ijk_to_ras.reshape(16)] + \
+        [str(v) for v in (0, nx - 1, 0, ny - 1, 0, nz - 1)]
+    return "".join(f"{v};" for v in values)
+
+
+def _conversion_parameters(reference: Volume) -> str:
+    """Slicer's "name|value|description&" list: the labelmap is the reference image grid."""
+    parameters = [
+        ("Collapse labelmaps", "1", "Merge segment labelmaps into as few shared layers as possible."),
+        ("Crop to reference image geometry", "0", "Do not crop the labelmap to the reference image."),
+        ("Oversampling factor", "1", "No oversampling of the reference image geometry."),
+        ("Reference image geometry", _reference_geometry_string(reference),
+         "Geometry of the image that was segmented."),
+    ]
+    return "".join(f"{name}|{value}|{description}&" for name, value, description in parameters)
+
+
+def _color_string(color) -> str:
+    rgb = [float(c) for c in color]
+    if len(rgb) != 3 or not all(0.0 <= c <= 1.0 for c in rgb):
+        raise ValueError(f"segment colour must be (r, g, b) in 0..1, got {color!r}")
+    return " ".join(f"{c:.6g}" for c in rgb)
+
+
+def write_segmentation_nrrd(labelmap: np.ndarray, reference: Volume, path: PathLike,
+                            segments: Sequence[dict], overwrite: bool = False) -> Path:
+    """Write a Slicer segmentation (.seg.nrrd): one shared labelmap layer, one segment per label.
+
+    `segments`: dicts with "name", "color" (r, g, b in 0..1), "label_value" (1..255) and
+    "terminology" (a Slicer terminology entry string, or ""). Every non-zero label in
+    `labelmap` needs a segment. The labelmap is stored in the reference image's geometry; the
+    header carries the segment metadata as Slicer's own storage node writes it.
+    """
+    path = Path(path)
+    _check_writable_suffix(path, (".nrrd",))
+    labels = _labelmap_as_uint8(labelmap, reference)
+    label_values = [int(segment["label_value"]) for segment in segments]
+    if len(set(label_values)) != len(label_values) or not all(1 <= v <= 255 for v in label_values):
+        raise ValueError(f"segment label values must be distinct and in 1..255, got {label_values}")
+    present = set(np.unique(labels).tolist()) - {0}
+    missing = sorted(present - set(label_values))
+    if missing:
+        raise ValueError(f"labels {missing} occur in the labelmap but have no segment")
+
+    image = reference.with_array(labels).to_sitk()
+    bounding_boxes = ndimage.find_objects(labels)  # one C pass for all labels
+    metadata = {
+        "Segmentation_MasterRepresentation": "Binary labelmap",
+        "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
+        "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+        "Segmentation_ConversionParameters": _conversion_parameters(reference),
+    }
+    for index, (segment, value) in enumerate(zip(segments, label_values)):
+        terminology = str(segment.get("terminology") or "")
+        box = bounding_boxes[value - 1] if value <= len(bounding_boxes) else None
+        prefix = f"Segment{index}_"
+        metadata.update({
+            prefix + "ID": f"Segment_{value}",
+            prefix + "Name": str(segment["name"]),
+            prefix + "NameAutoGenerated": "0",
+            prefix + "Color": _color_string(segment["color"]),
+            prefix + "ColorAutoGenerated": "0",
+            prefix + "LabelValue": str(value),
+            prefix + "Layer": "0",
+            prefix + "Extent": _segment_extent(box),
+            prefix + "Tags": f"TerminologyEntry:{terminology}|" if terminology else "",
+        })
+    for key, value in metadata.items():
+        image.SetMetaData(key, value)
+    return _write_image(image, path, overwrite)
