@@ -14,6 +14,8 @@ vtk = pytest.importorskip("vtk")
 
 from MultiTaskSegLib.errors import Cancelled, InputError, OutputError  # noqa: E402
 from MultiTaskSegLib.logic import MultiTaskSegLogic, volume_from_node  # noqa: E402
+from MultiTaskSegLib.terminology import DEFAULT_CLASSES  # noqa: E402
+from MultiTaskSegLib.thresholds import ProbabilityMaps, quantize_probabilities  # noqa: E402
 
 BALL_CLASS = 7
 BALL_CENTER_LPS = np.array([-3.0, 4.0, 2.0])
@@ -24,45 +26,9 @@ SHAPE_ZYX = (20, 28, 24)
 # ---- fakes: the predict() API of the engine's Segmenter, with a known answer --------------
 
 
-class FakeClass:
-    def __init__(self, index, name, decision):
-        self.index, self.name, self.decision = index, name, decision
-        self.color = (index / 9.0, 0.5, 1.0 - index / 9.0)
-        self.task = None if index == 0 else "fake"
-
-    def slicer_terminology_string(self):
-        return f"Segmentation category and type - 3D Slicer General Anatomy list~SCT^123037004^Anatomical Structure~SCT^{self.index}^{self.name}~^^~Anatomic codes~^^~^^"
-
-
-CLASSES = [FakeClass(0, "Background", "argmax"), FakeClass(1, "Tissue", "argmax")] + [
-    FakeClass(i, f"Class {i}", "threshold" if i == BALL_CLASS else "argmax") for i in range(2, 9)
-]
-
-
-class FakeMaps:
-    """ProbabilityMaps API: tissue everywhere by argmax, the ball by its threshold."""
-
-    def __init__(self, ball_probability, selected):
-        self.classes = CLASSES
-        self.selected = selected
-        self.default_thresholds = {BALL_CLASS: 0.5}
-        self._ball = ball_probability
-        self.labelmap_calls = 0
-
-    def thresholded_classes(self):
-        return [BALL_CLASS]
-
-    def probability(self, index):
-        if index == BALL_CLASS:
-            return self._ball
-        return np.where(self._ball > 0, 0.0, 1.0).astype(np.float32) if index == 1 else np.zeros_like(self._ball)
-
-    def labelmap(self, thresholds=None):
-        self.labelmap_calls += 1
-        threshold = dict(self.default_thresholds)
-        for key, value in (thresholds or {}).items():
-            threshold[BALL_CLASS if key in (BALL_CLASS, f"Class {BALL_CLASS}") else key] = value
-        return np.where(self._ball >= threshold[BALL_CLASS], BALL_CLASS, 1).astype(np.uint8)
+WHITE_MATTER = "white matter"  # an argmax class: everything outside the ball
+BALL_NAME = DEFAULT_CLASSES[BALL_CLASS].name
+TWO = [WHITE_MATTER, BALL_NAME]
 
 
 class FakeSegmenter:
@@ -78,9 +44,11 @@ class FakeSegmenter:
         k, j, i = np.indices(volume.array.shape)
         points = volume.index_to_physical(np.stack([i, j, k], axis=-1))  # LPS, the engine's frame
         distance = np.linalg.norm(points - BALL_CENTER_LPS, axis=-1)
-        ball = np.clip(1.0 - distance / (2 * BALL_RADIUS), 0.0, 1.0).astype(np.float32)
-        selected = [c.index for c in CLASSES if classes is None or c.name in classes]
-        return FakeMaps(ball, [c for c in selected if c in (0, 1, BALL_CLASS)])
+        ball = np.clip(1.0 - distance / (2 * BALL_RADIUS), 0.0, 1.0)
+        data = np.zeros((len(DEFAULT_CLASSES),) + volume.array.shape, dtype=np.uint8)
+        data[1] = 255  # white matter wins the argmax wherever the ball's threshold is not met
+        data[BALL_CLASS] = quantize_probabilities(ball)
+        return ProbabilityMaps(data, DEFAULT_CLASSES, selected=classes)
 
 
 # ---- scene helpers --------------------------------------------------------------------------
@@ -152,7 +120,7 @@ def logic(fake):
 
 
 class FakeBundle:
-    classes = CLASSES
+    classes = DEFAULT_CLASSES
 
 
 @pytest.fixture(autouse=True)
@@ -178,12 +146,12 @@ def test_volume_from_node_converts_ras_to_lps(scene):
 
 def test_segments_land_at_the_right_physical_place(scene, logic):
     volumeNode = add_volume(scene)
-    segmentationNode = logic.segment(volumeNode)
-    ball_id = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(f"Class {BALL_CLASS}")
+    segmentationNode = logic.segment(volumeNode, classes=TWO)
+    ball_id = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(BALL_NAME)
     points = segment_ras_points(segmentationNode, ball_id)
     centre_ras = np.diag([-1, -1, 1]) @ BALL_CENTER_LPS
     distances = np.linalg.norm(points - centre_ras, axis=1)
-    assert distances.max() <= BALL_RADIUS + 1e-6
+    assert distances.max() <= BALL_RADIUS + 0.1
     expected_voxels = 4 / 3 * np.pi * BALL_RADIUS**3 / (0.9 * 1.1 * 1.3)
     assert abs(len(points) - expected_voxels) < 0.1 * expected_voxels
     np.testing.assert_allclose(points.mean(axis=0), centre_ras, atol=0.5)
@@ -191,13 +159,13 @@ def test_segments_land_at_the_right_physical_place(scene, logic):
 
 def test_segments_are_named_coloured_tagged_with_reference_geometry(scene, logic):
     volumeNode = add_volume(scene)
-    segmentationNode = logic.segment(volumeNode)
-    assert segment_names(segmentationNode) == ["Tissue", f"Class {BALL_CLASS}"]  # no background
-    segment = segmentationNode.GetSegmentation().GetNthSegment(1)
-    assert segment.GetColor() == pytest.approx(CLASSES[BALL_CLASS].color)
+    segmentationNode = logic.segment(volumeNode)  # all classes of the model
+    assert segment_names(segmentationNode) == [c.name for c in DEFAULT_CLASSES[1:]]  # no background
+    segment = segmentationNode.GetSegmentation().GetNthSegment(BALL_CLASS - 1)
+    assert segment.GetColor() == pytest.approx(DEFAULT_CLASSES[BALL_CLASS].color)
     tag = vtk.mutable("")
     assert segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag)
-    assert str(tag) == CLASSES[BALL_CLASS].slicer_terminology_string()
+    assert str(tag) == DEFAULT_CLASSES[BALL_CLASS].slicer_terminology_string()
     geometry = segmentationNode.GetSegmentation().GetConversionParameter(
         slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
     )
@@ -208,9 +176,9 @@ def test_segments_are_named_coloured_tagged_with_reference_geometry(scene, logic
 
 
 def test_threshold_update_relabels_without_running_the_network(scene, logic, fake):
-    segmentationNode = logic.segment(add_volume(scene))
-    ball_id = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(f"Class {BALL_CLASS}")
-    tissue_id = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName("Tissue")
+    segmentationNode = logic.segment(add_volume(scene), classes=TWO)
+    ball_id = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(BALL_NAME)
+    tissue_id = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(WHITE_MATTER)
     before = len(segment_ras_points(segmentationNode, ball_id))
     tissue_before = len(segment_ras_points(segmentationNode, tissue_id))
     events = []
@@ -222,23 +190,23 @@ def test_threshold_update_relabels_without_running_the_network(scene, logic, fak
 
     after = segment_ras_points(segmentationNode, ball_id)
     centre_ras = np.diag([-1, -1, 1]) @ BALL_CENTER_LPS
-    assert np.linalg.norm(after - centre_ras, axis=1).max() <= BALL_RADIUS / 2 + 1e-6
+    assert np.linalg.norm(after - centre_ras, axis=1).max() <= BALL_RADIUS / 2 + 0.1
     assert 0 < len(after) < before / 4
     assert len(segment_ras_points(segmentationNode, tissue_id)) == tissue_before + before - len(after)
     assert fake.calls == 1
     assert events, "the segmentation must be told its labelmap changed (views redraw on it)"
     assert logic.current_thresholds(segmentationNode) == {BALL_CLASS: 0.75}
 
-    logic.update_thresholds(segmentationNode, {f"Class {BALL_CLASS}": 0.5})  # by name, back
+    logic.update_thresholds(segmentationNode, {BALL_NAME: 0.5})  # by name, back
     assert len(segment_ras_points(segmentationNode, ball_id)) == before
 
 
 def test_threshold_update_keeps_deleted_segments_deleted(scene, logic):
-    segmentationNode = logic.segment(add_volume(scene))
+    segmentationNode = logic.segment(add_volume(scene), classes=TWO)
     segmentation = segmentationNode.GetSegmentation()
-    segmentation.RemoveSegment(segmentation.GetSegmentIdBySegmentName("Tissue"))
+    segmentation.RemoveSegment(segmentation.GetSegmentIdBySegmentName(WHITE_MATTER))
     logic.update_thresholds(segmentationNode, {BALL_CLASS: 0.6})
-    ball = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(f"Class {BALL_CLASS}"))
+    ball = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName(BALL_NAME))
     image = ball.GetRepresentation(slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName())
     labels = vtk.util.numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
     assert set(np.unique(labels)) == {0, BALL_CLASS}
@@ -268,9 +236,9 @@ def test_existing_segmentation_keeps_its_other_segments(scene, logic):
     volumeNode = add_volume(scene)
     existing = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
     add_user_segment(existing, "Tumour")
-    result = logic.segment(volumeNode, existing)
+    result = logic.segment(volumeNode, existing, classes=TWO)
     assert result is existing
-    assert segment_names(existing) == ["Tumour", "Tissue", f"Class {BALL_CLASS}"]
+    assert segment_names(existing) == ["Tumour", WHITE_MATTER, BALL_NAME]
     logic.update_thresholds(existing, {BALL_CLASS: 0.9})
     tumour = existing.GetSegmentation().GetSegment(existing.GetSegmentation().GetSegmentIdBySegmentName("Tumour"))
     image = tumour.GetRepresentation(slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName())
@@ -280,20 +248,20 @@ def test_existing_segmentation_keeps_its_other_segments(scene, logic):
 def test_same_name_segment_is_replaced_only_when_asked(scene, logic, fake):
     volumeNode = add_volume(scene)
     existing = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
-    add_user_segment(existing, "Tissue")
+    add_user_segment(existing, WHITE_MATTER)
     before = scene_summary(scene)
     with pytest.raises(OutputError, match="replace_existing"):
-        logic.segment(volumeNode, existing)
+        logic.segment(volumeNode, existing, classes=TWO)
     assert scene_summary(scene) == before
     assert fake.calls == 0, "the name clash is found before the network runs"
-    logic.segment(volumeNode, existing, replace_existing=True)
-    assert segment_names(existing) == ["Tissue", f"Class {BALL_CLASS}"]
+    logic.segment(volumeNode, existing, classes=TWO, replace_existing=True)
+    assert segment_names(existing) == [WHITE_MATTER, BALL_NAME]
 
 
 def test_segmenting_twice_makes_a_second_node(scene, logic):
     volumeNode = add_volume(scene)
-    first = logic.segment(volumeNode)
-    second = logic.segment(volumeNode)
+    first = logic.segment(volumeNode, classes=TWO)
+    second = logic.segment(volumeNode, classes=TWO)
     assert first.GetID() != second.GetID() and first.GetName() != second.GetName()
     assert logic.has_result(first) and logic.has_result(second)
 
@@ -351,9 +319,9 @@ def test_constant_volume_is_a_clear_error(scene, logic, fake):
 
 def test_probability_export_gives_volumes_on_the_input_grid(scene, logic):
     volumeNode = add_volume(scene)
-    segmentationNode = logic.segment(volumeNode)
+    segmentationNode = logic.segment(volumeNode, classes=TWO)
     nodes = logic.export_probability_volumes(segmentationNode)
-    assert [n.GetName().split(" ")[-3:] for n in nodes][1] == ["Class", str(BALL_CLASS), "probability"]
+    assert [n.GetName() for n in nodes] == [f"T1 segmentation {name} probability" for name in TWO]
     ball = slicer.util.arrayFromVolume(nodes[1])
     assert ball.shape == SHAPE_ZYX and ball.dtype == np.float32 and ball.max() <= 1.0
     matrix = vtk.vtkMatrix4x4()
