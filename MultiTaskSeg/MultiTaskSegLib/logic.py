@@ -94,7 +94,7 @@ class _CachedResult:
     maps: Any  # ProbabilityMaps
     labelmap: Any  # vtkOrientedImageData shared by all our segments (label value = class index)
     segment_ids: Dict[int, str]  # class index -> segment ID
-    thresholds: Dict[Union[int, str], float]
+    thresholds: Dict[int, float]  # by class index, as last applied
     ijk_to_ras: np.ndarray
 
 
@@ -180,7 +180,7 @@ class MultiTaskSegLogic:
         segmentClasses = [index for index in maps.selected if index != 0]
         if segmentationNode is not None:
             self._check_name_conflicts(segmentationNode, [classInfos[c].name for c in segmentClasses], replace_existing)
-        mergedThresholds: Dict[Union[int, str], float] = dict(thresholds or {})
+        mergedThresholds = _by_class_index(maps, thresholds)
         labelArray = np.ascontiguousarray(maps.labelmap(mergedThresholds or None), dtype=np.uint8)
 
         ijkToRas = _ijk_to_ras_matrix(volumeNode)
@@ -266,10 +266,8 @@ class MultiTaskSegLogic:
     def current_thresholds(self, segmentationNode) -> Dict[int, float]:
         """Threshold per thresholded class index as last applied (defaults filled in)."""
         result = self._result(segmentationNode)
-        names = {info.name: info.index for info in result.maps.classes}
         current = dict(result.maps.default_thresholds)
-        for key, value in result.thresholds.items():
-            current[names.get(key, key) if isinstance(key, str) else key] = value
+        current.update(result.thresholds)
         return {index: float(current[index]) for index in result.maps.thresholded_classes() if index in current}
 
     def update_thresholds(self, segmentationNode, thresholds: Thresholds) -> None:
@@ -279,7 +277,7 @@ class MultiTaskSegLogic:
         keep their last threshold. Segments the user deleted stay deleted.
         """
         result = self._result(segmentationNode)
-        result.thresholds.update(thresholds)
+        result.thresholds.update(_by_class_index(result.maps, thresholds))
         labelArray = result.maps.labelmap(dict(result.thresholds))
         segmentation = segmentationNode.GetSegmentation()
         liveIds = {index: sid for index, sid in result.segment_ids.items() if segmentation.GetSegment(sid) is not None}
@@ -455,6 +453,11 @@ class MultiTaskSegLogic:
         for nodeId in list(self._results):
             if scene.GetNodeByID(nodeId) is None:
                 del self._results[nodeId]
+
+
+def _by_class_index(maps, thresholds: Optional[Thresholds]) -> Dict[int, float]:
+    """Thresholds keyed by class index, so a name and an index of one class cannot disagree."""
+    return {maps.resolve_class(key): float(value) for key, value in (thresholds or {}).items()}
 
 
 def _case_name(path: str) -> str:
