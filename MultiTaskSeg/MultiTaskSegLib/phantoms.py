@@ -1,0 +1,434 @@
+"""Procedural phantoms standing in for breast MRI and cardiac CTA, which no package ships.
+
+These are phantoms, not patient data: simple geometric anatomy drawn at random per case
+(deterministic by seed), made to carry the difficulty of the real tasks:
+
+- breast MRI phantom (T1-weighted, no fat suppression): the pectoral muscle is a thin
+  curved band behind bright fat and fibroglandular tissue of about the muscle's own
+  intensity, in front of intercostal muscle of the same intensity, so position and shape
+  decide, not intensity. Label 1 = pectoral muscle.
+- cardiac CTA phantom (Hounsfield units): the coronary arteries are thin tapering tubes
+  as bright as the contrast-filled chambers and aorta they start from and run beside,
+  among bright pulmonary vessels. Label 1 = coronary arteries.
+
+Arrays are (z, y, x) with identity direction, so index axes follow LPS: x to the
+patient's left, y to posterior (anterior structures at low y), z to superior.
+All drawing is vectorised numpy; one case takes about a second.
+"""
+
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from .geometry import Volume
+
+BREAST_SHAPE = (64, 112, 160)
+BREAST_SPACING_MM = 1.3
+CARDIAC_SHAPE = (96, 144, 144)
+CARDIAC_SPACING_MM = 0.8
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def _grid_mm(shape: Sequence[int], spacing: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Physical coordinates (mm) of every voxel, centred on the volume, as broadcastable z, y, x."""
+    axes = [(np.arange(n) - (n - 1) / 2.0) * spacing for n in shape]
+    return axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]
+
+
+def _centred_volume(array: np.ndarray, spacing: float) -> Volume:
+    """A Volume with identity direction whose physical origin (0, 0, 0) is the grid centre."""
+    origin = tuple(-(n - 1) / 2.0 * spacing for n in reversed(array.shape))
+    return Volume(array=array, spacing=(spacing,) * 3, origin=origin, direction=np.eye(3))
+
+
+def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma_voxels: float) -> np.ndarray:
+    """Gaussian-smoothed white noise rescaled to zero mean, unit standard deviation."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_voxels, mode="wrap")
+    return (field - field.mean()) / (field.std() + 1e-6)
+
+
+def _smooth_field(rng: np.random.Generator, shape: Sequence[int], knots: int = 4) -> np.ndarray:
+    """A slowly varying random field (about unit amplitude): cubic upsampling of a few knots."""
+    coarse = rng.standard_normal((knots,) * 3)
+    return ndimage.zoom(coarse, [n / knots for n in shape], order=3, mode="nearest")[
+        : shape[0], : shape[1], : shape[2]].astype(np.float32)
+
+
+def _random_curve(rng: np.random.Generator, start, direction, length_mm: float, step_mm: float,
+                  wiggle: float) -> np.ndarray:
+    """A smooth random walk (points, mm) from ``start`` roughly along ``direction``."""
+    n = max(int(length_mm / step_mm), 2)
+    heading = np.asarray(direction, float) / np.linalg.norm(direction)
+    points = [np.asarray(start, float)]
+    for _ in range(n - 1):
+        heading = heading + wiggle * rng.standard_normal(3)
+        heading /= np.linalg.norm(heading)
+        points.append(points[-1] + step_mm * heading)
+    return np.array(points)
+
+
+def _render_tubes(shape: Sequence[int], spacing: float, centrelines: List[np.ndarray],
+                  radii: List[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """Tubes around polylines given in centred mm coordinates (z, y, x).
+
+    Returns (distance to the nearest centreline sample minus its radius, in mm; a boolean
+    inside mask). Exact distances are computed only near the curves: a coarse distance
+    transform picks the candidate voxels, a k-d tree of densely resampled centreline
+    points measures them, so thin tubes keep sub-voxel accurate walls.
+    """
+    points, point_radii = [], []
+    for line, radius in zip(centrelines, radii):
+        seg = np.linalg.norm(np.diff(line, axis=0), axis=1)
+        arc = np.concatenate([[0.0], np.cumsum(seg)])
+        dense_arc = np.arange(0.0, arc[-1] + 1e-9, min(0.2, spacing / 4))
+        points.append(np.stack([np.interp(dense_arc, arc, line[:, a]) for a in range(3)], axis=1))
+        point_radii.append(np.interp(dense_arc, arc, radius))
+    points = np.concatenate(points)
+    point_radii = np.concatenate(point_radii)
+    centre = (np.asarray(shape) - 1) / 2.0
+    index = np.round(points / spacing + centre).astype(int)
+    inside_grid = np.all((index >= 0) & (index < np.asarray(shape)), axis=1)
+    seeds = np.zeros(shape, bool)
+    seeds[tuple(index[inside_grid].T)] = True
+    signed = np.full(shape, np.inf, np.float32)
+    inside = np.zeros(shape, bool)
+    if not seeds.any():
+        return signed, inside
+    reach = point_radii.max() + 2 * spacing
+    near = ndimage.distance_transform_edt(~seeds, sampling=spacing) <= reach
+    candidates = np.argwhere(near)
+    distance, nearest = cKDTree(points).query((candidates - centre) * spacing)
+    signed[tuple(candidates.T)] = distance - point_radii[nearest]
+    inside[tuple(candidates.T)] = signed[tuple(candidates.T)] <= 0
+    return signed, inside
+
+
+def _soft_inside(signed_mm: np.ndarray, width_mm: float) -> np.ndarray:
+    """A smooth 0..1 membership from a signed distance (negative inside), for partial volume."""
+    return 1.0 / (1.0 + np.exp(np.clip(signed_mm / width_mm, -30, 30)))
+
+
+# ----------------------------------------------------------------------------- breast MRI
+
+
+def breast_mri_phantom(seed: int, shape: Sequence[int] = BREAST_SHAPE,
+                       spacing: float = BREAST_SPACING_MM) -> Tuple[Volume, np.ndarray]:
+    """A T1-weighted (no fat suppression) axial breast MRI phantom and its pectoral muscle label.
+
+    Anatomy from anterior (low y) to posterior: air, skin, two breasts of fat holding
+    irregular fibroglandular clumps, a thin retromammary fat layer, the pectoral muscle
+    (label 1; 5-15 mm thick, thickness and curvature varying per case and along the
+    muscle, tapering medially and laterally), the chest wall (intercostal muscle of the
+    same intensity as the pectoral muscle, ribs with fatty marrow, sternum), then dark
+    lungs and the heart. A smooth multiplicative bias field and Rician noise follow.
+    Returns (Volume with int16 intensities, labels uint8 of the same shape).
+    """
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in shape)
+    z, y, x = _grid_mm(shape, spacing)
+    half_width = (shape[2] - 1) / 2.0 * spacing
+
+    # Chest wall surface y = wall(z, x): the front of the ribcage, curving backwards laterally.
+    wall_y0 = rng.uniform(0.05, 0.2) * shape[1] * spacing
+    curvature = rng.uniform(0.0022, 0.0045)
+    tilt = rng.uniform(-0.08, 0.08)
+    wall = wall_y0 + curvature * x**2 + 0.0015 * z**2 + tilt * z + 0.04 * np.abs(x) * rng.uniform(-1, 1)
+
+    # Pectoral muscle thickness: a smooth random field in 5-15 mm, tapering at its ends.
+    thickness_field = _smooth_noise(rng, (shape[0], 1, shape[2]), (4, 1, 12))
+    base_thickness = rng.uniform(7.0, 11.0)
+    thickness = np.clip(base_thickness + 2.5 * thickness_field, 5.0, 15.0)
+    medial_end = rng.uniform(12.0, 22.0)  # the sternum lies between the two muscles
+    lateral_end = half_width * rng.uniform(0.85, 1.05)
+    ax = np.abs(x)
+    taper = np.clip((ax - medial_end) / 15.0, 0, 1) * np.clip((lateral_end - ax) / 20.0, 0, 1)
+    inferior_fade = np.clip((z - z.min()) / (rng.uniform(0.1, 0.35) * shape[0] * spacing) , 0, 1)
+    thickness = thickness * np.sqrt(taper) * inferior_fade
+    muscle_front = wall - thickness
+    muscle = (y >= muscle_front) & (y < wall) & (thickness >= 1.0)
+
+    # Breasts: two mounds in front of the chest wall; the skin surface is the front envelope.
+    subcutaneous = rng.uniform(6.0, 12.0)
+    front = wall - thickness - subcutaneous
+    mounds = np.zeros((shape[0], 1, shape[2]), np.float32)
+    for side in (-1, 1):
+        cx = side * rng.uniform(0.25, 0.38) * 2 * half_width
+        cz = rng.uniform(-0.15, 0.1) * shape[0] * spacing
+        rx, rz = rng.uniform(38, 55), rng.uniform(35, 50)
+        depth = rng.uniform(50, 85)
+        r2 = ((x - cx) / rx) ** 2 + ((z - cz) / rz) ** 2
+        mounds = np.maximum(mounds, depth * np.clip(1 - r2, 0, None) ** rng.uniform(0.45, 0.7))
+    front = front - mounds
+    front = np.maximum(front, y.min() + 4 * spacing)  # keep a strip of air in front
+    body = y >= front
+    gradient = np.gradient(front[:, 0, :], spacing)
+    slope = np.sqrt(1 + gradient[0] ** 2 + gradient[1] ** 2)[:, None, :]
+    depth_below_skin = (y - front) / slope
+
+    # Fibroglandular tissue: a thresholded smooth random field, denser near the nipple axis.
+    density = rng.uniform(0.1, 0.45)
+    glandular_noise = _smooth_noise(rng, shape, (1.5, 4.0, 1.5))  # strands towards the nipple
+    breast_zone = body & (depth_below_skin > 4.0) & (y < muscle_front - rng.uniform(2.5, 6.0))
+    in_mound = np.broadcast_to(mounds > 8.0, shape)
+    mound_depth = np.clip(mounds / 85.0, 0, 1)
+    glandular = breast_zone & in_mound & (glandular_noise + 1.2 * mound_depth > np.quantile(glandular_noise, 1 - density) + 0.4)
+
+    # Chest wall: intercostal muscle, ribs sloping downwards laterally, sternum, then lungs and heart.
+    behind = y - wall
+    chest_wall = (behind >= 0) & (behind < 16.0)
+    rib_pitch = rng.uniform(22, 28)
+    rib_phase = rng.uniform(0, rib_pitch)
+    rib_z = np.mod(z + 0.25 * ax - rib_phase, rib_pitch) - rib_pitch / 2
+    rib = chest_wall & (((behind - 8.0) / 5.0) ** 2 + (rib_z / 5.5) ** 2 <= 1.0) & (ax > medial_end * 0.7)
+    rib_marrow = rib & (((behind - 8.0) / 3.5) ** 2 + (rib_z / 4.0) ** 2 <= 1.0)
+    sternum = (behind >= -4.0) & (behind < 12.0) & (ax < medial_end * 0.8)
+    deep = behind >= 16.0
+    heart = deep & (((x - 15.0) / 55.0) ** 2 + ((y - wall - 60.0) / 50.0) ** 2 + (z / 70.0) ** 2 <= 1)
+    lung = deep & ~heart
+
+    # T1 intensities (arbitrary scanner units), painted back to front.
+    image = np.zeros(shape, np.float32)
+    image[body] = rng.uniform(820, 950)  # fat everywhere in the body first
+    image[glandular] = rng.uniform(320, 400)
+    image[np.broadcast_to(chest_wall, shape)] = rng.uniform(300, 360)  # intercostal muscle
+    image[rib] = 120.0
+    image[rib_marrow] = rng.uniform(520, 650)
+    image[np.broadcast_to(sternum, shape) & body] = rng.uniform(480, 600)
+    muscle_value = rng.uniform(300, 380)
+    image[muscle] = muscle_value
+    # A fascia fat plane between muscle and chest wall, visible in some cases only.
+    fascia = (behind >= 0) & (behind < 1.3) & np.broadcast_to(thickness >= 1.0, behind.shape)
+    image[np.broadcast_to(fascia, shape) & body] = muscle_value + rng.uniform(0, 250)
+    image[np.broadcast_to(lung, shape)] = rng.uniform(25, 60)
+    image[np.broadcast_to(heart, shape)] = rng.uniform(220, 300)
+    skin = body & (depth_below_skin < 2.0)
+    image[skin] = rng.uniform(450, 550)
+    image = ndimage.gaussian_filter(image, 0.6)  # partial volume at tissue borders
+    image *= 1.0 + 0.04 * _smooth_noise(rng, shape, 3.0)  # tissue texture
+
+    # Coil sensitivity: brighter near the breast coil (anterior), smooth and per case.
+    bias = np.exp(
+        rng.uniform(0.1, 0.3) * (-y / (shape[1] * spacing))
+        + rng.uniform(-0.1, 0.1) * (x / half_width)
+        + 0.1 * _smooth_field(rng, shape)
+    )
+    image = image * bias
+    sigma = rng.uniform(18, 35)
+    real = image + sigma * rng.standard_normal(shape).astype(np.float32)
+    imaginary = sigma * rng.standard_normal(shape).astype(np.float32)
+    magnitude = np.sqrt(real**2 + imaginary**2)  # Rician: air is small but positive
+    labels = muscle.astype(np.uint8)
+    return _centred_volume(np.round(magnitude).astype(np.int16), spacing), labels
+
+
+# ----------------------------------------------------------------------------- cardiac CTA
+
+
+class _HeartFrame:
+    """An ellipsoidal heart: centre, long axis u (base -> apex) and two short axes, all in mm (z, y, x)."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.centre = np.array([rng.uniform(-14, -4), rng.uniform(-6, 2), rng.uniform(2, 10)])
+        u = np.array([-0.45, -0.5, 0.72]) + 0.12 * rng.standard_normal(3)  # apex: inferior, anterior, left
+        self.u = u / np.linalg.norm(u)
+        anterior = np.array([0.0, -1.0, 0.0])
+        v = anterior - anterior.dot(self.u) * self.u
+        self.v = v / np.linalg.norm(v)  # towards the front wall (right ventricle side)
+        self.w = np.cross(self.u, self.v)
+        self.axes = np.array([rng.uniform(38, 46), rng.uniform(30, 36), rng.uniform(28, 34)])
+
+    def local(self, z, y, x):
+        """Voxel coordinates in the heart frame (s along the long axis, t, r across it)."""
+        d = [z - self.centre[0], y - self.centre[1], x - self.centre[2]]
+        return [sum(axis[i] * d[i] for i in range(3)) for axis in (self.u, self.v, self.w)]
+
+    def surface_point(self, s_fraction: np.ndarray, phi: np.ndarray, outside_mm: np.ndarray) -> np.ndarray:
+        """Points ``outside_mm`` outside the epicardium at (fraction of the long semi-axis, angle)."""
+        a, b, c = self.axes
+        s = s_fraction * a
+        ring = np.sqrt(np.clip(1 - s_fraction**2, 0.02, None))
+        t, r = ring * b * np.cos(phi), ring * c * np.sin(phi)
+        normal = np.stack([s / a**2, t / b**2, r / c**2], axis=1)
+        normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+        local = np.stack([s, t, r], axis=1) + outside_mm[:, None] * normal
+        basis = np.stack([self.u, self.v, self.w])  # rows: local axes in (z, y, x)
+        return self.centre + local @ basis
+
+
+def _surface_path(rng, s_start, s_end, phi_start, phi_end, n=60, wiggle=0.03):
+    """A smoothly wandering path in (long-axis fraction, angle) between two surface positions."""
+    f = np.linspace(0, 1, n)
+    drift = np.cumsum(rng.standard_normal(n)) * wiggle
+    drift -= f * drift[-1]  # keep both ends where asked
+    return s_start + (s_end - s_start) * f, phi_start + (phi_end - phi_start) * f + drift
+
+
+def _coronary_tree(rng: np.random.Generator, heart: _HeartFrame, aortic_root: np.ndarray,
+                   aorta_radius: float) -> Tuple[List[np.ndarray], List[np.ndarray]]:
+    """Centrelines (mm) and radii of a left main with LAD and circumflex, a right coronary, side branches."""
+    lines, radii = [], []
+    groove = rng.uniform(-0.5, -0.4)  # atrioventricular groove, as a fraction of the long semi-axis
+    phi_lad = rng.uniform(-0.5, -0.15)  # anterior interventricular groove (v points anteriorly)
+
+    def add(s, phi, r_start, r_end, start_point=None):
+        outside = np.linspace(r_start, r_end, len(s)) * 0.8  # centreline in the fat, wall on the muscle
+        points = heart.surface_point(s, phi, outside)
+        if start_point is not None:
+            points = np.concatenate([_straight(start_point, points[0]), points])
+        lines.append(points)
+        radii.append(np.linspace(r_start, r_end, len(points)))
+        return s, phi
+
+    def ostium(towards):
+        direction = towards - aortic_root
+        direction[0] = 0.0  # ostia leave the root sideways
+        return aortic_root + 0.6 * aorta_radius * direction / np.linalg.norm(direction)
+
+    # Left main -> LAD down the anterior groove to the apex; circumflex round the left AV groove.
+    bifurcation = heart.surface_point(np.array([groove]), np.array([phi_lad + 0.5]), np.array([1.5]))[0]
+    r_main = rng.uniform(1.7, 2.0)
+    lines.append(_straight(ostium(bifurcation), bifurcation))
+    radii.append(np.full(len(lines[-1]), r_main))
+    lad = add(*_surface_path(rng, groove, rng.uniform(0.8, 0.95), phi_lad + 0.5, phi_lad), r_main * 0.9,
+              rng.uniform(0.8, 0.95), start_point=bifurcation)
+    lcx = add(*_surface_path(rng, groove, groove + rng.uniform(0.0, 0.15), phi_lad + 0.5,
+                             phi_lad + 0.5 + rng.uniform(1.6, 2.4)), r_main * 0.85, rng.uniform(0.8, 0.95),
+              start_point=bifurcation)
+    # Right coronary round the right AV groove to the back, then a short posterior descending branch.
+    rca_entry = heart.surface_point(np.array([groove]), np.array([phi_lad - 0.9]), np.array([1.5]))[0]
+    rca_end = phi_lad - 0.9 - rng.uniform(1.8, 2.5)
+    rca = add(*_surface_path(rng, groove, groove + 0.05, phi_lad - 0.9, rca_end), rng.uniform(1.6, 1.9),
+              rng.uniform(1.0, 1.2), start_point=ostium(rca_entry))
+    add(*_surface_path(rng, groove + 0.05, rng.uniform(0.3, 0.6), rca_end, rca_end + rng.uniform(-0.3, 0.1), n=40),
+        1.1, 0.8)
+    # Side branches (diagonals, marginals) leave the LAD and circumflex towards the apex.
+    for parent, count in ((lad, rng.integers(1, 4)), (lcx, rng.integers(1, 3))):
+        for _ in range(count):
+            k = rng.integers(8, 35)
+            s0, p0 = parent[0][k], parent[1][k]
+            add(*_surface_path(rng, s0, min(s0 + rng.uniform(0.4, 0.8), 0.9), p0, p0 + rng.uniform(0.3, 0.8), n=40),
+                rng.uniform(0.9, 1.1), 0.8)
+    return lines, radii
+
+
+def _straight(start, end, step_mm: float = 0.5) -> np.ndarray:
+    n = max(int(np.linalg.norm(np.asarray(end) - start) / step_mm), 2)
+    return np.linspace(start, end, n)
+
+
+def cardiac_cta_phantom(seed: int, shape: Sequence[int] = CARDIAC_SHAPE,
+                        spacing: float = CARDIAC_SPACING_MM, return_anatomy: bool = False):
+    """A contrast-enhanced cardiac CTA phantom in Hounsfield units and its coronary artery label.
+
+    An ellipsoidal heart (myocardium ~100 HU) holds contrast-filled chambers (~350-450 HU);
+    the aortic root rises from its base as the ascending aorta, the descending aorta runs
+    behind, the pulmonary trunk in front; epicardial fat (~-100 HU) covers the heart; the
+    lungs (~-850 HU) hold bright contrast-filled vessels; a chest wall lies in front. The
+    coronary arteries (label 1) leave the aortic root as a left main splitting into the
+    LAD and circumflex and a right coronary, with random side branches, and run in the
+    epicardial fat on the heart surface as 1.5-4 mm wide tapering tubes as bright as the
+    blood pool; some cases get calcified spots. A slight blur and correlated noise
+    (20-40 HU) follow. Returns (Volume with int16 HU, labels uint8 of the same shape), and
+    with ``return_anatomy`` also a dict of boolean masks ("heart" = inside the epicardium,
+    "aorta", "blood_pool" = chambers and great vessels) for checks and error analysis.
+    """
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in shape)
+    z, y, x = _grid_mm(shape, spacing)
+    heart = _HeartFrame(rng)
+    s, t, r = heart.local(z, y, x)
+    a, b, c = heart.axes
+    q = np.sqrt((s / a) ** 2 + (t / b) ** 2 + (r / c) ** 2)  # 1 on the epicardium
+    mean_axis = heart.axes.mean()
+
+    blood = rng.uniform(350, 450)
+    image = np.full(shape, rng.uniform(-870, -820), np.float32)  # lungs
+    image += 25 * _smooth_noise(rng, shape, 2.0)
+
+    # Chest wall in front: subcutaneous fat, muscle, sternum in the midline.
+    wall_y = y.min() + rng.uniform(6, 14) + 0.004 * x**2
+    chest = np.broadcast_to(y < wall_y, shape)
+    image[chest] = 40.0
+    image[np.broadcast_to(y < wall_y - 5, shape)] = -100.0
+    image[np.broadcast_to((np.abs(x + 5) < 14) & (y < wall_y) & (y > wall_y - 9), shape)] = 450.0  # sternum
+
+    # Pulmonary vessels: thin bright random tubes in the lungs.
+    vessel_lines, vessel_radii = [], []
+    for _ in range(rng.integers(10, 16)):
+        start = (rng.uniform(-0.5, 0.5, 3) * np.asarray(shape) * spacing)
+        vessel_lines.append(_random_curve(rng, start, rng.standard_normal(3), rng.uniform(30, 70), 1.0, 0.15))
+        vessel_radii.append(np.linspace(rng.uniform(1.2, 2.5), 0.6, len(vessel_lines[-1])))
+    vessel_signed, _ = _render_tubes(shape, spacing, vessel_lines, vessel_radii)
+    vessel = _soft_inside(vessel_signed, 0.3)
+    image = image * (1 - vessel) + rng.uniform(250, 400) * vessel
+
+    # Mediastinal and epicardial fat around the heart, thicker in places.
+    fat_thickness = rng.uniform(3, 7) + 2.0 * _smooth_noise(rng, shape, 6.0)
+    fat = (q - 1) * mean_axis < np.clip(fat_thickness, 1.5, None)
+    image[fat] = -100 + 15 * _smooth_noise(rng, shape, 1.5)[fat]
+
+    # Heart: myocardium, then the chambers carved into it.
+    image[q <= 1] = rng.uniform(80, 130)
+    lv = ((s - 0.1 * a) / (0.72 * a)) ** 2 + ((t + 0.1 * b) / (0.5 * b)) ** 2 + ((r - 0.28 * c) / (0.48 * c)) ** 2 <= 1
+    rv = (((s + 0.05 * a) / (0.65 * a)) ** 2 + ((t - 0.45 * b) / (0.45 * b)) ** 2 + ((r + 0.25 * c) / (0.6 * c)) ** 2 <= 1)
+    rv &= ~ndimage.binary_dilation(lv, iterations=int(round(rng.uniform(8, 11) / spacing)))  # the septum
+    atria = ((s + 0.85 * a) / (0.32 * a)) ** 2 + ((t + 0.35 * b) / (0.55 * b)) ** 2 + (r / (0.8 * c)) ** 2 <= 1
+    image[lv | atria] = blood
+    image[rv] = blood * rng.uniform(0.65, 0.95)  # right side less opacified
+
+    # Aorta: root at the heart's base, ascending to the top; descending aorta behind; pulmonary trunk.
+    aorta_radius = rng.uniform(12, 15)
+    root = heart.centre - 0.95 * a * heart.u + 0.2 * b * heart.v + rng.uniform(-2, 2, 3)
+    ascending = np.array([root + np.array([h, 0.12 * h, -0.1 * h]) for h in np.linspace(0, 80, 60)])
+    descending = np.array([[h, rng.uniform(38, 44), rng.uniform(16, 24)] for h in np.linspace(-80, 80, 3)])
+    trunk_start = root + np.array([0, -aorta_radius - 8, aorta_radius * 0.6])
+    trunk = _random_curve(rng, trunk_start, np.array([1.0, 0.6, 0.2]), 45, 1.0, 0.02)
+    aorta_signed, aorta = _render_tubes(shape, spacing, [ascending, descending],
+                                        [np.full(60, aorta_radius), np.full(3, rng.uniform(10, 12))])
+    trunk_signed, _ = _render_tubes(shape, spacing, [trunk], [np.full(len(trunk), rng.uniform(10, 13))])
+    great_vessels = _soft_inside(np.minimum(aorta_signed, trunk_signed), 0.3)
+    image = image * (1 - great_vessels) + blood * great_vessels
+
+    # Coronary arteries, as bright as the blood pool, their tubes cut where they enter the aorta.
+    lines, radii = _coronary_tree(rng, heart, root, aorta_radius)
+    coronary_signed, coronary = _render_tubes(shape, spacing, lines, radii)
+    fat_around = (coronary_signed < 2.0) & ~coronary & (q > 0.97) & ~aorta
+    image[fat_around] = -100 + 15 * rng.standard_normal(int(fat_around.sum()))
+    lumen = _soft_inside(coronary_signed, 0.25)
+    image = image * (1 - lumen) + blood * rng.uniform(0.9, 1.0) * lumen
+    # Where a tube enters the aortic root it is aorta, not coronary artery.
+    labels = (coronary & ~aorta).astype(np.uint8)
+    if rng.random() < 0.5:
+        _add_calcifications(rng, image, lines, radii, spacing, shape)
+
+    image = ndimage.gaussian_filter(image, rng.uniform(0.4, 0.6))  # scanner resolution
+    image += rng.uniform(20, 40) * _smooth_noise(rng, shape, 0.7)
+    volume = _centred_volume(np.round(np.clip(image, -1024, 3071)).astype(np.int16), spacing)
+    if not return_anatomy:
+        return volume, labels
+    blood_pool = lv | rv | atria | aorta | (trunk_signed <= 0)
+    return volume, labels, {"heart": q <= 1, "aorta": aorta, "blood_pool": blood_pool}
+
+
+def _add_calcifications(rng, image, lines, radii, spacing, shape) -> None:
+    """Bright calcium spots on the wall of proximal coronary segments (drawn in place)."""
+    z, y, x = _grid_mm(shape, spacing)
+    for _ in range(rng.integers(1, 4)):
+        line_index = rng.integers(0, len(lines))
+        k = rng.integers(0, max(len(lines[line_index]) // 3, 1))
+        offset = rng.standard_normal(3)
+        centre = lines[line_index][k] + radii[line_index][k] * 0.8 * offset / np.linalg.norm(offset)
+        lo = np.maximum(np.floor(centre / spacing + (np.asarray(shape) - 1) / 2 - 3).astype(int), 0)
+        hi = np.minimum(lo + 7, shape)
+        if np.any(hi <= lo):
+            continue
+        box = tuple(slice(l, h) for l, h in zip(lo, hi))
+        d2 = (z[box[0], :, :][:, :1, :1] - centre[0]) ** 2 + (y[:, box[1], :][:1, :, :1] - centre[1]) ** 2 + (
+            x[:, :, box[2]][:1, :1, :] - centre[2]) ** 2
+        image[box] = np.where(d2 <= rng.uniform(0.8, 1.4) ** 2, rng.uniform(700, 1000), image[box])
