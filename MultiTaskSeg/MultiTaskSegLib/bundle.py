@@ -1,0 +1,255 @@
+"""Model bundles: one ``.safetensors`` file, weights plus JSON metadata, that never runs code on load.
+
+The metadata (safetensors header key ``multitaskseg``) holds everything needed to use the weights:
+architecture, classes (name, colour, terminology code, task, decision rule), tasks (modality,
+classes), intensity normalisation per modality, default thresholds of the thresholded classes,
+the isotropic spacing the model expects, and provenance. Loading validates the metadata against the
+weights; pickle-based checkpoints (``torch.save`` files) are refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import __version__
+from .errors import ModelError
+from .model import Architecture, TriplanarCNN
+from .normalization import DEFAULT_NORMALIZATION
+from .terminology import DEFAULT_CLASSES, DEFAULT_TASKS, ClassInfo, TaskInfo
+
+FORMAT = "multitaskseg.bundle"
+FORMAT_VERSION = 1
+METADATA_KEY = "multitaskseg"
+DEFAULT_MODEL_NAME = "multitaskseg-3tasks.safetensors"
+MODEL_ENV_VAR = "MULTITASKSEG_MODEL"
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def models_dir() -> Path:
+    """``Resources/Models`` of the Slicer module: beside the package in the source tree and in Slicer."""
+    return Path(__file__).resolve().parent.parent / "Resources" / "Models"
+
+
+def default_model_path() -> Path:
+    """The model used when none is given: $MULTITASKSEG_MODEL, else the shipped one."""
+    override = os.environ.get(MODEL_ENV_VAR)
+    return Path(override) if override else models_dir() / DEFAULT_MODEL_NAME
+
+
+@dataclass
+class ModelBundle:
+    """A network with the metadata that says what its outputs mean."""
+
+    model: TriplanarCNN
+    classes: List[ClassInfo]
+    tasks: List[TaskInfo]
+    normalization: Dict[str, Dict[str, Any]] = field(default_factory=lambda: json.loads(json.dumps(DEFAULT_NORMALIZATION)))
+    default_thresholds: Dict[int, float] = field(default_factory=dict)
+    target_spacing_mm: Optional[float] = None
+    provenance: Dict[str, Any] = field(default_factory=dict)
+    path: Optional[Path] = None
+
+    @property
+    def architecture(self) -> Architecture:
+        return self.model.arch
+
+    @property
+    def metadata(self) -> Dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "architecture": self.architecture.to_json(),
+            "classes": [c.to_json() for c in self.classes],
+            "tasks": [t.to_json() for t in self.tasks],
+            "normalization": self.normalization,
+            "thresholds": {self.classes[i].name: t for i, t in sorted(self.default_thresholds.items())},
+            "target_spacing_mm": self.target_spacing_mm,
+            "provenance": self.provenance,
+        }
+
+    def class_index(self, name_or_index: Union[str, int]) -> int:
+        """Index of a class given by name (case-insensitive) or index; ModelError lists the valid names."""
+        if isinstance(name_or_index, int) and 0 <= name_or_index < len(self.classes):
+            return name_or_index
+        wanted = str(name_or_index).strip().lower()
+        for c in self.classes:
+            if c.name.lower() == wanted:
+                return c.index
+        names = ", ".join(repr(c.name) for c in self.classes if c.index != 0)
+        raise ModelError(f"The model has no class {name_or_index!r}; its classes are {names}.")
+
+    def save(self, path: PathLike, overwrite: bool = False) -> Path:
+        """Write the bundle atomically (temporary file, then rename)."""
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise ModelError(f"{path} exists already; choose another name or allow overwriting.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
+                   if not k.endswith("num_batches_tracked")}
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(self.metadata)})
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        self.path = path
+        return path
+
+
+def _refuse_pickle(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    # torch.save writes a zip archive (PK..) or, in its legacy format, a raw pickle (0x80 protocol byte).
+    if head.startswith(b"PK") or head[:1] == b"\x80":
+        raise ModelError(f"{path} is a pickle-based PyTorch checkpoint. Loading it could run arbitrary code, "
+                         "so MultiTaskSeg refuses it. Use a MultiTaskSeg .safetensors bundle "
+                         "(the output of 'multitaskseg train').")
+
+
+def _read_header(path: Path) -> Dict[str, Any]:
+    """The JSON metadata, read from the safetensors header without touching the weights."""
+    with open(path, "rb") as f:
+        size_bytes = f.read(8)
+        if len(size_bytes) < 8:
+            raise ModelError(f"{path} is not a model bundle: the file is too short (truncated?).")
+        size = int.from_bytes(size_bytes, "little")
+        if size <= 0 or size > 100 * 1024 * 1024 or size + 8 > path.stat().st_size:
+            raise ModelError(f"{path} is not a valid .safetensors model bundle (bad header size: truncated or corrupt).")
+        try:
+            header = json.loads(f.read(size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{path} has a corrupt safetensors header ({exc}).") from None
+    raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
+    if raw is None:
+        raise ModelError(f"{path} is a safetensors file but not a MultiTaskSeg bundle (no '{METADATA_KEY}' metadata).")
+    try:
+        metadata = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: the bundle metadata is not valid JSON ({exc}).") from None
+    if metadata.get("format") != FORMAT or metadata.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{path}: unsupported bundle format {metadata.get('format')!r} version "
+                         f"{metadata.get('format_version')!r}; this MultiTaskSeg reads {FORMAT} version {FORMAT_VERSION}.")
+    return metadata
+
+
+def bundle_from_metadata(metadata: Mapping[str, Any], state_dict: Optional[Mapping[str, torch.Tensor]] = None,
+                         path: Optional[Path] = None) -> ModelBundle:
+    """Build and validate a bundle from metadata and (optionally) weights; ModelError says what does not match."""
+    where = str(path) if path else "the model bundle"
+    try:
+        arch = Architecture.from_json(metadata["architecture"])
+        classes = [ClassInfo.from_json(c) for c in metadata["classes"]]
+        tasks = [TaskInfo.from_json(t) for t in metadata["tasks"]]
+        normalization = dict(metadata["normalization"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{where}: incomplete or invalid metadata ({exc!r}).") from None
+    if [c.index for c in classes] != list(range(len(classes))) or len(classes) != arch.num_classes:
+        raise ModelError(f"{where}: the metadata lists {len(classes)} classes (indices {[c.index for c in classes]}) "
+                         f"but the network has {arch.num_classes} outputs; they must be 0..{arch.num_classes - 1}.")
+    if classes[0].task is not None:
+        raise ModelError(f"{where}: class 0 must be the background shared by all tasks.")
+    names = {c.name for c in classes}
+    for task in tasks:
+        missing = [n for n in task.classes if n not in names]
+        if missing:
+            raise ModelError(f"{where}: task {task.name!r} names classes the model does not have: {missing}.")
+        if task.modality not in normalization:
+            raise ModelError(f"{where}: task {task.name!r} has modality {task.modality!r} without a normalisation rule.")
+    by_name = {c.name: c.index for c in classes}
+    thresholds: Dict[int, float] = {}
+    for name, value in (metadata.get("thresholds") or {}).items():
+        if name not in by_name:
+            raise ModelError(f"{where}: a default threshold names the unknown class {name!r}.")
+        if not 0.0 <= float(value) <= 1.0:
+            raise ModelError(f"{where}: the default threshold of {name!r} is {value}, outside [0, 1].")
+        thresholds[by_name[name]] = float(value)
+    model = TriplanarCNN(arch)
+    if state_dict is not None:
+        expected = {k: v.shape for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(state_dict) if tuple(state_dict[k].shape) != tuple(expected[k]))
+        if missing or unexpected or wrong:
+            raise ModelError(f"{where}: the weights do not match the architecture in its metadata "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]}).")
+        model.load_state_dict(state_dict, strict=False)
+    model.eval()
+    spacing = metadata.get("target_spacing_mm")
+    return ModelBundle(model=model, classes=classes, tasks=tasks, normalization=normalization,
+                       default_thresholds=thresholds, target_spacing_mm=float(spacing) if spacing else None,
+                       provenance=dict(metadata.get("provenance") or {}), path=path)
+
+
+def read_metadata(path: Optional[PathLike] = None) -> Dict[str, Any]:
+    """The bundle's metadata without loading the weights (for ``multitaskseg info``)."""
+    return _read_header(_existing_model_path(path))
+
+
+def _existing_model_path(path: Optional[PathLike]) -> Path:
+    resolved = Path(path) if path is not None else default_model_path()
+    if not resolved.is_file():
+        if path is None:
+            raise ModelError(f"No model given and the default model {resolved} is not there. "
+                             "Give one with --model, or train one with 'multitaskseg train'.")
+        raise ModelError(f"Model file {resolved} does not exist. Check the path.")
+    _refuse_pickle(resolved)
+    return resolved
+
+
+def load_bundle(path: Optional[PathLike] = None) -> ModelBundle:
+    """Load and validate a bundle; ``None`` loads the default model (see ``default_model_path``)."""
+    resolved = _existing_model_path(path)
+    metadata = _read_header(resolved)
+    try:
+        state_dict = load_file(str(resolved))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{resolved}: the weights cannot be read ({exc}); the file is corrupt or truncated.") from None
+    return bundle_from_metadata(metadata, state_dict, resolved)
+
+
+def new_bundle(classes: Sequence[ClassInfo] = DEFAULT_CLASSES, tasks: Sequence[TaskInfo] = DEFAULT_TASKS,
+               arch: Optional[Architecture] = None, thresholds: Optional[Mapping[int, float]] = None,
+               provenance: Optional[Mapping[str, Any]] = None, seed: Optional[int] = None) -> ModelBundle:
+    """A bundle with freshly initialised weights for ``classes`` (training starts here)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    arch = arch or Architecture(num_classes=len(classes))
+    if thresholds is None:
+        thresholds = {c.index: 0.5 for c in classes if c.decision == "threshold"}
+    info = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "software": f"multitaskseg {__version__}", "torch": torch.__version__}
+    info.update(provenance or {})
+    return ModelBundle(model=TriplanarCNN(arch), classes=list(classes), tasks=list(tasks),
+                       default_thresholds=dict(thresholds), provenance=info)
+
+
+def make_random_bundle(seed: int = 0, classes: Sequence[ClassInfo] = DEFAULT_CLASSES,
+                       tasks: Sequence[TaskInfo] = DEFAULT_TASKS) -> ModelBundle:
+    """An untrained bundle whose outputs still vary between voxels: for tests, never for use.
+
+    Batch-norm statistics are randomised too, since fresh ones make every layer an identity-like
+    map and the outputs nearly constant, which would let tests pass for the wrong reasons.
+    """
+    bundle = new_bundle(classes, tasks, seed=seed, provenance={"note": "random weights, for tests only"})
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in bundle.model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2, generator=generator)
+                module.running_var.uniform_(0.5, 1.5, generator=generator)
+                module.weight.uniform_(0.8, 1.6, generator=generator)
+                module.bias.uniform_(-0.2, 0.2, generator=generator)
+        bundle.model.head[-1].weight.mul_(20.0)
+    bundle.model.eval()
+    return bundle

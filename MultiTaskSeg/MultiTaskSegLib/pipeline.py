@@ -1,0 +1,110 @@
+"""From an image to per-class probabilities on its own grid (DESIGN.md, "How data flows").
+
+volume -> canonical axis-aligned LPS grid at isotropic spacing (the three planes become axial,
+coronal, sagittal) -> per-modality normalisation -> dense triplanar pass on the voxels with raw
+intensity > 0 (the paper's samples) -> uint8 probabilities -> back to the input grid ->
+``ProbabilityMaps``, from which ``labelmap(thresholds)`` is the cheap last step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from .bundle import ModelBundle
+from .dense import DenseOptions, dense_probabilities
+from .errors import InputError
+from .geometry import Volume, from_canonical, to_canonical, validate_volume
+from .normalization import normalize, resolve_modality
+from .progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
+from .thresholds import ProbabilityMaps
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def available_devices() -> List[Tuple[str, str]]:
+    """(name, description) of each device this machine can run the network on."""
+    devices = [("cpu", f"CPU ({torch.get_num_threads()} threads)")]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            devices.append((f"cuda:{i}" if i else "cuda", f"GPU {i}: {torch.cuda.get_device_name(i)}"))
+    return devices
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" picks the GPU when there is one; asking for a GPU that is not there is an error."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("A GPU (cuda) was asked for but PyTorch finds none; use --device cpu or auto.")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise InputError(f"Unknown device {device!r}: use auto, cpu or cuda.") from None
+
+
+def default_precision(device: torch.device) -> str:
+    """Reduced precision where the hardware runs it fast; fp32 otherwise."""
+    if device.type == "cuda":
+        return "fp16"
+    return "fp32"
+
+
+class Segmenter:
+    """A loaded model on a device, ready to segment volumes.
+
+    >>> seg = Segmenter(load_bundle())                 # doctest: +SKIP
+    >>> probs = seg.predict(read_volume("t1.nii.gz"))  # doctest: +SKIP
+    >>> labels = probs.labelmap({"pectoral muscle": 0.4})  # doctest: +SKIP
+    """
+
+    def __init__(self, bundle: ModelBundle, device: str = "auto", target_spacing: Optional[float] = None,
+                 modality: str = "auto", precision: str = "auto", memory_budget_bytes: Optional[int] = None):
+        self.bundle = bundle
+        self.device = resolve_device(device)
+        self.target_spacing = target_spacing or bundle.target_spacing_mm
+        self.modality = modality
+        self.precision = default_precision(self.device) if precision == "auto" else precision
+        budget = memory_budget_bytes or int(os.environ.get("MULTITASKSEG_MEMORY_BUDGET", 1 << 30))
+        self.options = DenseOptions(precision=self.precision, memory_budget_bytes=budget,
+                                    channels_last=self.device.type == "cpu" and self.precision != "fp32")
+        self.model = bundle.model.to(self.device).eval()
+
+    @property
+    def device_description(self) -> str:
+        for name, description in available_devices():
+            if torch.device(name) == self.device:
+                return description
+        return str(self.device)
+
+    def selected_classes(self, classes: Optional[Sequence[str]]) -> List[int]:
+        if not classes:
+            return [c.index for c in self.bundle.classes if c.index != 0]
+        return [self.bundle.class_index(name) for name in classes]
+
+    def predict(self, volume: Volume, classes: Optional[Sequence[str]] = None,
+                progress: Optional[ProgressCallback] = None, cancel: Optional[CancelCheck] = None) -> ProbabilityMaps:
+        """Per-class probabilities of ``volume`` on its own grid (see module docstring)."""
+        validate_volume(volume)
+        selected = self.selected_classes(classes)
+        report(progress, 0.0, "Resampling to the canonical grid")
+        modality = resolve_modality(self.modality, volume.array)
+        canonical, grid = to_canonical(volume, self.target_spacing)
+        check_cancel(cancel)
+        raw = canonical.array
+        network_input = normalize(raw, modality, self.bundle.normalization)
+        probabilities = dense_probabilities(self.model, network_input, raw > 0, self.device, self.options,
+                                            sub_progress(progress, 0.05, 0.9), cancel)
+        del network_input, canonical
+        check_cancel(cancel)
+        report(progress, 0.9, "Resampling to the input grid")
+        on_input = from_canonical(probabilities, grid, interpolation="linear")
+        del probabilities
+        outside = ~(np.asarray(volume.array) > 0)  # the paper's rule: only intensity > 0 is classified
+        on_input[:, outside] = 0
+        on_input[0, outside] = 255
+        report(progress, 1.0, "Done")
+        return ProbabilityMaps(on_input, self.bundle.classes, selected, self.bundle.default_thresholds)
