@@ -94,7 +94,10 @@ def _sitk_compatible(array: np.ndarray) -> np.ndarray:
 def _set_geometry(image: sitk.Image, spacing, origin, direction) -> None:
     image.SetSpacing(tuple(float(s) for s in spacing))
     image.SetOrigin(tuple(float(o) for o in origin))
-    image.SetDirection(tuple(float(d) for d in np.asarray(direction).reshape(9)))
+    # Subnormal cosines (e.g. 1e-320 from a rotation by 180 degrees) break ITK's matrix inversion.
+    direction = np.asarray(direction, dtype=np.float64).reshape(9)
+    direction = np.where(np.abs(direction) < 1e-12, 0.0, direction)
+    image.SetDirection(tuple(float(d) for d in direction))
 
 
 # ---------------------------------------------------------------------------------------------
