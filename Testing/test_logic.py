@@ -115,7 +115,7 @@ def fake():
 
 
 @pytest.fixture
-def logic(fake):
+def logic(fake, no_model_files):
     return MultiTaskSegLogic(segmenter_factory=lambda bundle, device: fake)
 
 
@@ -123,7 +123,7 @@ class FakeBundle:
     classes = DEFAULT_CLASSES
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def no_model_files(monkeypatch):
     """The fake segmenter needs no weights: never read a model file in these tests."""
     monkeypatch.setattr(MultiTaskSegLogic, "load_bundle", lambda self, model=None: FakeBundle())
@@ -327,3 +327,30 @@ def test_probability_export_gives_volumes_on_the_input_grid(scene, logic):
     matrix = vtk.vtkMatrix4x4()
     nodes[1].GetIJKToRASMatrix(matrix)
     np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(matrix), oblique_ijk_to_ras(), atol=1e-9)
+
+
+# ---- the real pipeline, once ---------------------------------------------------------------
+
+
+def test_end_to_end_with_a_random_weights_bundle(scene):
+    from MultiTaskSegLib.bundle import make_random_bundle
+
+    volumeNode = add_volume(scene)
+    logic = MultiTaskSegLogic()
+    stages = []
+    segmentationNode = logic.segment(
+        volumeNode, model=make_random_bundle(seed=0), device="cpu", progress=lambda f, s: stages.append((f, s))
+    )
+    assert segment_names(segmentationNode) == [c.name for c in DEFAULT_CLASSES[1:]]
+    assert stages[-1] == (1.0, "Done") and all(a[0] <= b[0] for a, b in zip(stages, stages[1:]))
+    maps = logic.probability_maps(segmentationNode)
+    assert maps.shape == SHAPE_ZYX
+    segmentation = segmentationNode.GetSegmentation()
+    image = segmentation.GetNthSegment(0).GetRepresentation(
+        slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    )
+    shared = vtk.util.numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(SHAPE_ZYX)
+    np.testing.assert_array_equal(shared, maps.labelmap())
+    logic.update_thresholds(segmentationNode, {c: 0.0 for c in maps.thresholded_classes()})
+    np.testing.assert_array_equal(shared, maps.labelmap({c: 0.0 for c in maps.thresholded_classes()}))
+    assert set(np.unique(shared)) <= set(maps.thresholded_classes())  # threshold 0 takes every voxel
