@@ -87,6 +87,19 @@ def test_canonical_grid_covers_the_input_and_is_zero_outside():
     assert canonical.array.shape[1] > 12 and canonical.array.shape[2] > 14
     assert canonical.array[:, 0, 0].max() == 0.0
     assert canonical.array[5, canonical.array.shape[1] // 2, canonical.array.shape[2] // 2] == 1.0
+    # Its voxel-corner box holds the input's, with less than one voxel to spare on each side.
+    input_low, input_high = corner_box(volume)
+    low, high = corner_box(canonical)
+    assert np.all(low <= input_low + 1e-9) and np.all(high >= input_high - 1e-9)
+    assert np.all(input_low - low < 1.0) and np.all(high - input_high < 1.0)
+
+
+def corner_box(volume: Volume):
+    """Physical bounding box of the voxel corners (index -0.5 .. size - 0.5)."""
+    size = np.array(volume.array.shape[::-1])
+    corners = np.array([[a, b, c] for a in (0, 1) for b in (0, 1) for c in (0, 1)]) * size - 0.5
+    points = volume.index_to_physical(corners)
+    return points.min(axis=0), points.max(axis=0)
 
 
 def test_fast_path_is_a_bit_exact_transpose():
