@@ -354,3 +354,21 @@ def test_end_to_end_with_a_random_weights_bundle(scene):
     logic.update_thresholds(segmentationNode, {c: 0.0 for c in maps.thresholded_classes()})
     np.testing.assert_array_equal(shared, maps.labelmap({c: 0.0 for c in maps.thresholded_classes()}))
     assert set(np.unique(shared)) <= set(maps.thresholded_classes())  # threshold 0 takes every voxel
+
+
+def test_segment_folder_writes_one_seg_nrrd_per_image(tmp_path, logic):
+    import SimpleITK as sitk
+
+    from MultiTaskSegLib.geometry import Volume
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    array = np.random.default_rng(2).normal(100, 20, SHAPE_ZYX).astype(np.float32)
+    for name in ("a.nii.gz", "b.nrrd"):
+        sitk.WriteImage(Volume(array, (0.9, 1.1, 1.3), BALL_CENTER_LPS - 12).to_sitk(), str(inputs / name))
+    written = logic.segment_folder(str(inputs), str(tmp_path / "out"), classes=TWO)
+    assert [p.rsplit("/", 1)[-1] for p in written] == ["a.seg.nrrd", "b.seg.nrrd"]
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(written[0]))
+    assert set(np.unique(labels)) == {1, BALL_CLASS}
+    with pytest.raises(OutputError, match="overwrite=True"):
+        logic.segment_folder(str(inputs), str(tmp_path / "out"))
