@@ -342,10 +342,7 @@ def from_canonical(array: np.ndarray, grid: CanonicalGrid, interpolation: str = 
 
 def _resample_to_input(channel: np.ndarray, grid: CanonicalGrid, interpolation: str,
                        fill: float) -> np.ndarray:
-    work = channel
-    if interpolation == "linear" and not np.issubdtype(channel.dtype, np.floating):
-        work = channel.astype(np.float32)
-    image = grid.canonical_volume(_sitk_compatible(np.ascontiguousarray(work))).to_sitk()
+    image = grid.canonical_volume(np.ascontiguousarray(channel)).to_sitk()
     output = _resample(image, grid.input_shape, grid.input_spacing, grid.input_origin,
                        grid.input_direction, interpolation, fill)
     return _restore_dtype(output, channel.dtype, interpolation, to_input=True)
@@ -353,14 +350,18 @@ def _resample_to_input(channel: np.ndarray, grid: CanonicalGrid, interpolation: 
 
 def _resample(image: sitk.Image, shape_zyx, spacing, origin, direction, interpolation: str,
               fill: float) -> np.ndarray:
-    """SimpleITK resampling of `image` onto the given grid; returns the (z, y, x) array."""
-    if interpolation == "linear" and image.GetPixelID() not in (sitk.sitkFloat32,
-                                                                sitk.sitkFloat64):
-        image = sitk.Cast(image, sitk.sitkFloat32)
+    """SimpleITK resampling of `image` onto the given grid; returns the (z, y, x) array.
+
+    Linear interpolation of integer voxels yields float32: ITK reads the integers and writes
+    floats directly, so no float copy of the input is ever made.
+    """
+    output_type = image.GetPixelID()
+    if interpolation == "linear" and output_type not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        output_type = sitk.sitkFloat32
     reference = sitk.Image([int(s) for s in shape_zyx[::-1]], sitk.sitkUInt8)
     _set_geometry(reference, spacing, origin, direction)
     resampled = sitk.Resample(image, reference, sitk.Transform(), _INTERPOLATORS[interpolation],
-                              float(fill), image.GetPixelID())
+                              float(fill), output_type)
     return sitk.GetArrayFromImage(resampled)
 
 
