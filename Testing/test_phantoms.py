@@ -79,7 +79,9 @@ def test_coronary_label_small_bright_and_on_the_heart(cardiac):
     fraction = labels.mean()
     assert 2e-4 < fraction < 1e-2
     assert np.percentile(array[labels == 1], 90) > 280
-    assert not (labels.astype(bool) & anatomy["blood_pool"] & anatomy["aorta"]).any()
+    # The tubes run in epicardial fat: much of their immediate surroundings is fat, not blood or muscle.
+    surroundings = ndimage.binary_dilation(labels, iterations=2) & ~labels.astype(bool)
+    assert np.mean(array[surroundings] < 0) > 0.35
     # Nearly all coronary voxels run within a few mm of the epicardium.
     distance_mm = ndimage.distance_transform_edt(~anatomy["heart"], sampling=image.spacing[0])
     assert np.mean(distance_mm[labels == 1] < 6.0) > 0.9

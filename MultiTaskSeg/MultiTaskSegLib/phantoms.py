@@ -395,15 +395,18 @@ def cardiac_cta_phantom(seed: int, shape: Sequence[int] = CARDIAC_SHAPE,
     great_vessels = _soft_inside(np.minimum(aorta_signed, trunk_signed), 0.3)
     image = image * (1 - great_vessels) + blood * great_vessels
 
-    # Coronary arteries, as bright as the blood pool, their tubes cut where they enter the aorta.
+    # Coronary arteries, as bright as the blood pool, in a sleeve of fat that also carves the
+    # atrioventricular groove between atria and ventricles; where a tube enters the aortic root it is aorta.
     lines, radii = _coronary_tree(rng, heart, root, aorta_radius)
     coronary_signed, coronary = _render_tubes(shape, spacing, lines, radii)
-    fat_around = (coronary_signed < 2.0) & ~coronary & (q > 0.97) & ~aorta
+    chambers = lv | rv | atria
+    sleeve = (coronary_signed < 2.0) & ~aorta & ((q > 0.97) | chambers)
+    fat_around = sleeve & ~coronary
     image[fat_around] = -100 + 15 * rng.standard_normal(int(fat_around.sum()))
     lumen = _soft_inside(coronary_signed, 0.25)
     image = image * (1 - lumen) + blood * rng.uniform(0.9, 1.0) * lumen
-    # Where a tube enters the aortic root it is aorta, not coronary artery.
     labels = (coronary & ~aorta).astype(np.uint8)
+    blood_pool = ((chambers & ~sleeve) | aorta | (trunk_signed <= 0)) & ~labels.astype(bool)
     if rng.random() < 0.5:
         _add_calcifications(rng, image, lines, radii, spacing, shape)
 
@@ -412,7 +415,6 @@ def cardiac_cta_phantom(seed: int, shape: Sequence[int] = CARDIAC_SHAPE,
     volume = _centred_volume(np.round(np.clip(image, -1024, 3071)).astype(np.int16), spacing)
     if not return_anatomy:
         return volume, labels
-    blood_pool = lv | rv | atria | aorta | (trunk_signed <= 0)
     return volume, labels, {"heart": q <= 1, "aorta": aorta, "blood_pool": blood_pool}
 
 
