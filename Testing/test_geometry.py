@@ -108,7 +108,7 @@ def test_fast_path_is_a_bit_exact_transpose():
     volume = Volume(array, (1.25, 1.25, 1.25), (3.0, -2.0, 40.0), FLIPPED_PERMUTED)
     canonical, grid = to_canonical(volume)
     assert grid.is_exact
-    assert canonical.array.dtype == np.int16
+    assert canonical.array.dtype == np.int16 and canonical.array.flags.c_contiguous
     # Every input voxel appears, unchanged, at the same physical place on the canonical grid.
     for k, j, i in rng.integers(0, [7, 9, 11], size=(20, 3)):
         point = volume.index_to_physical([i, j, k])

@@ -277,7 +277,8 @@ def to_canonical(volume: Volume, target_spacing: Optional[float] = None,
     same_spacing = np.allclose(volume.spacing, spacing, rtol=_SPACING_RELATIVE_TOLERANCE, atol=0)
     if permutation is not None and same_spacing:
         grid.axis_permutation, grid.axis_flips = permutation
-        canonical = _permute_to_canonical(np.asarray(volume.array), grid)
+        # Contiguous: negative strides from flips would trip consumers such as torch.from_numpy.
+        canonical = np.ascontiguousarray(_permute_to_canonical(np.asarray(volume.array), grid))
         # The exact origin is the physical centre of the voxel that lands at canonical (0, 0, 0).
         grid.canonical_origin = _exact_canonical_origin(volume, grid)
         return grid.canonical_volume(canonical), grid
@@ -298,7 +299,7 @@ def _exact_canonical_origin(volume: Volume, grid: CanonicalGrid):
 
 
 def _permute_to_canonical(array: np.ndarray, grid: CanonicalGrid) -> np.ndarray:
-    """Input (z, y, x) -> canonical (z, y, x) by transpose and flips only (a view if possible)."""
+    """Input (z, y, x) -> canonical (z, y, x) by transpose and flips only (a view)."""
     # Canonical numpy axis n holds physical axis 2 - n, which is input index axis perm[2 - n].
     source_axes = [_numpy_axis(grid.axis_permutation[2 - n]) for n in range(3)]
     lead = array.ndim - 3
