@@ -323,12 +323,12 @@ def run_jobs(jobs: Sequence[SegmentJob], segmenter, selected: Sequence[int], thr
             prefix = f"{job.case} ({number + 1}/{len(jobs)})"
             try:
                 segment_one(job, segmenter, selected, thresholds, overwrite, _bar_progress(bar, number, prefix))
-                bar.write(f"{PROG}: wrote {job.output}")
+                bar.write(f"{PROG}: wrote {job.output}", file=sys.stderr)
             except Exception as error:  # a bad file must not stop the batch
                 if stop_on_error or isinstance(error, Cancelled):
                     raise
                 message = str(error) if isinstance(error, MultiTaskSegError) else f"{type(error).__name__}: {error}"
-                bar.write(f"{PROG}: error: {job.input}: {' '.join(message.split())}")
+                bar.write(f"{PROG}: error: {job.input}: {' '.join(message.split())}", file=sys.stderr)
                 failures.append((job, message))
             bar.n = number + 1
             bar.refresh()
