@@ -67,22 +67,41 @@ def _stack_features(model: TriplanarCNN, planes: torch.Tensor, batch: int, chann
     return torch.cat(outputs, dim=0)
 
 
+def crops_logits(model: TriplanarCNN, crops: torch.Tensor, planes_per_batch: int = 64,
+                 channels_last: bool = False) -> torch.Tensor:
+    """Logits (n, dz, C, dy, dx) of the target voxels of each crop (n, dz+2h, dy+2h, dx+2h).
+
+    Each crop holds its target block plus the model's halo h (25) of context on every side; the
+    three orientations' planes of all crops go through the shared conv stack together.
+    """
+    h = model.arch.halo
+    n, dz, dy, dx = crops.shape[0], crops.shape[1] - 2 * h, crops.shape[2] - 2 * h, crops.shape[3] - 2 * h
+    axial = crops[:, h:h + dz].reshape(n * dz, dy + 2 * h, dx + 2 * h)
+    coronal = crops[:, :, h:h + dy].permute(0, 2, 1, 3).reshape(n * dy, dz + 2 * h, dx + 2 * h)
+    sagittal = crops[:, :, :, h:h + dx].permute(0, 3, 1, 2).reshape(n * dx, dz + 2 * h, dy + 2 * h)
+    f = model.arch.n_filters
+    f_axial = _stack_features(model, axial, planes_per_batch, channels_last).reshape(n, dz, f, dy, dx)
+    # coronal features are (n, y, F, z, x) and sagittal (n, x, F, z, y): bring both to (n, z, F, y, x)
+    f_coronal = _stack_features(model, coronal, planes_per_batch, channels_last).reshape(n, dy, f, dz, dx)
+    f_coronal = f_coronal.permute(0, 3, 2, 1, 4)
+    f_sagittal = _stack_features(model, sagittal, planes_per_batch, channels_last).reshape(n, dx, f, dz, dy)
+    f_sagittal = f_sagittal.permute(0, 3, 2, 4, 1)
+    logits = model.classify(f_axial.reshape(n * dz, f, dy, dx), f_coronal.reshape(n * dz, f, dy, dx),
+                            f_sagittal.reshape(n * dz, f, dy, dx))
+    return logits.reshape(n, dz, -1, dy, dx)
+
+
 def block_logits(model: TriplanarCNN, padded: torch.Tensor, box: Box, planes_per_batch: int = 64,
                  channels_last: bool = False) -> torch.Tensor:
     """Logits (z1-z0, C, y1-y0, x1-x0) for the target voxels in ``box`` of a zero-padded volume.
 
     ``padded`` is the volume padded by the model's halo (see ``pad_volume``); ``box`` is in the
-    coordinates of the unpadded volume. Works with gradients too (training uses it on blocks).
+    coordinates of the unpadded volume.
     """
-    h = model.arch.halo
+    h2 = 2 * model.arch.halo
     z0, z1, y0, y1, x0, x1 = box
-    axial = padded[z0 + h:z1 + h, y0:y1 + 2 * h, x0:x1 + 2 * h]
-    coronal = padded[z0:z1 + 2 * h, y0 + h:y1 + h, x0:x1 + 2 * h].permute(1, 0, 2)
-    sagittal = padded[z0:z1 + 2 * h, y0:y1 + 2 * h, x0 + h:x1 + h].permute(2, 0, 1)
-    f_axial = _stack_features(model, axial, planes_per_batch, channels_last)  # (dz, F, dy, dx)
-    f_coronal = _stack_features(model, coronal, planes_per_batch, channels_last).permute(2, 1, 0, 3)  # (dy,F,dz,dx)->(dz,F,dy,dx)
-    f_sagittal = _stack_features(model, sagittal, planes_per_batch, channels_last).permute(2, 1, 3, 0)  # (dx,F,dz,dy)->(dz,F,dy,dx)
-    return model.classify(f_axial, f_coronal, f_sagittal)
+    crop = padded[z0:z1 + h2, y0:y1 + h2, x0:x1 + h2]
+    return crops_logits(model, crop[None], planes_per_batch, channels_last)[0]
 
 
 def foreground_box(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:

@@ -1,0 +1,335 @@
+"""Multi-task training of the triplanar CNN (paper 3.2) on dense blocks, single- or multi-GPU.
+
+Reads top to bottom: configuration; data (nnU-Net folders -> prepared cases); the model and
+Adam; the loop (balanced dense blocks -> weighted cross-entropy -> step), with periodic
+validation, checkpoints and a learning-curve log; at the end the bundle, with the precision-recall
+optimal thresholds of the thresholded classes, and an evaluation report.
+
+Several GPUs (or CPU processes): run the same command under ``torchrun --nproc_per_node N``;
+each process draws its own blocks and DistributedDataParallel averages the gradients.
+Checkpoints are safetensors plus JSON, like bundles: nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .bundle import ModelBundle, new_bundle
+from .cases import PreparedCase, group_by_task, prepare_dataset
+from .datasets import load_dataset
+from .dense import crops_logits
+from .model import Architecture
+from .errors import InputError
+from .evaluation import evaluate_cases, write_report
+from .progress import CancelCheck, ProgressCallback, check_cancel, report
+from .sampling import balanced_weights, sample_batch, validation_blocks
+from .terminology import DEFAULT_CLASSES, DEFAULT_TASKS
+
+
+@dataclass
+class TrainConfig:
+    datasets: List[str]
+    output: str                      # the bundle to write (.safetensors)
+    work_dir: str                    # checkpoints, log, cache, report
+    tasks: Optional[List[str]] = None  # restrict to these tasks (experiments); default: the datasets' tasks
+    steps: int = 2000                # optimiser steps; each draws blocks_per_task blocks of every task
+    blocks_per_task: int = 2
+    block: int = 24                  # target voxels per block side
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    validate_every: int = 100
+    checkpoint_every: int = 100
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"          # "fp32", "bf16", "fp16", auto: bf16 on CPU, fp16 on GPU
+    augmentation: bool = True
+    time_limit_minutes: Optional[float] = None  # stop cleanly (checkpoint, bundle) after this long
+    evaluate_at_end: bool = True
+    n_layers: int = 25               # the paper's depth; tests and quick experiments may use fewer
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    history: List[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    samples: int = 0
+
+
+class BlockNet(nn.Module):
+    """Wraps the network so that DistributedDataParallel sees one forward call per step."""
+
+    def __init__(self, model: nn.Module, channels_last: bool):
+        super().__init__()
+        self.model = model
+        self.channels_last = channels_last
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return crops_logits(self.model, crops, planes_per_batch=4096, channels_last=self.channels_last)
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    return dist.get_rank() if _distributed() else 0
+
+
+def _setup_distributed(device: str) -> torch.device:
+    """Join the process group when started by torchrun (WORLD_SIZE set); pick this rank's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _distributed():
+        use_cuda = torch.cuda.is_available() and device != "cpu"
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        if use_cuda:
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local_rank)
+            return torch.device("cuda", local_rank)
+        return torch.device("cpu")
+    if device in ("auto", "", None):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _precision(config: TrainConfig, device: torch.device) -> str:
+    if config.precision != "auto":
+        return config.precision
+    return "fp16" if device.type == "cuda" else "bf16"
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def load_training_data(config: TrainConfig, class_names: Sequence[str], normalization: dict,
+                       target_spacing: Optional[float]):
+    """Prepared training and test cases of every dataset, grouped by task."""
+    cache = Path(config.work_dir) / "cache"
+    train, test, modalities = [], [], {}
+    for folder in config.datasets:
+        dataset = load_dataset(folder)
+        if config.tasks and dataset.task not in config.tasks:
+            continue
+        modalities[dataset.task] = dataset.modality
+        train += prepare_dataset(dataset, class_names, normalization, "training", target_spacing, cache)
+        test += prepare_dataset(dataset, class_names, normalization, "test", target_spacing, cache)
+    if not train:
+        raise InputError("No training cases found: give nnU-Net dataset folders with imagesTr/ and labelsTr/ "
+                         "(see 'multitaskseg make-data').")
+    return group_by_task(train), group_by_task(test), modalities
+
+
+def learning_rate(config: TrainConfig, step: int, elapsed_fraction: float = 0.0) -> float:
+    """Linear warm-up over the first 5% of steps, then cosine decay to 5% of the peak.
+
+    With a time limit, the decay follows whichever is further along, steps or time, so a run cut
+    short by its time limit still ends with a small learning rate.
+    """
+    warmup = max(1, config.steps // 20)
+    if step < warmup:
+        return config.learning_rate * (step + 1) / warmup
+    progress = max((step - warmup) / max(1, config.steps - warmup), elapsed_fraction)
+    return config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def save_checkpoint(path: Path, bundle: ModelBundle, optimizer: torch.optim.Optimizer, state: TrainState,
+                    rng: np.random.Generator, config: TrainConfig) -> None:
+    """Model, Adam moments, step and random states, in safetensors + JSON (never pickle)."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
+    adam_steps = {}
+    for i, p in enumerate(bundle.model.parameters()):
+        slot = optimizer.state.get(p)
+        if slot:
+            tensors[f"adam.{i}.exp_avg"] = slot["exp_avg"].detach().cpu().contiguous()
+            tensors[f"adam.{i}.exp_avg_sq"] = slot["exp_avg_sq"].detach().cpu().contiguous()
+            adam_steps[i] = float(slot["step"])
+    tensors["torch_rng"] = torch.get_rng_state()
+    meta = {"state": asdict(state), "adam_steps": adam_steps, "numpy_rng": rng.bit_generator.state,
+            "config": asdict(config)}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"multitaskseg_checkpoint": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, bundle: ModelBundle, optimizer: torch.optim.Optimizer,
+                    rng: np.random.Generator) -> TrainState:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["multitaskseg_checkpoint"])
+    tensors = load_file(str(path))
+    bundle.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    device = next(bundle.model.parameters()).device
+    for i, p in enumerate(bundle.model.parameters()):
+        if f"adam.{i}.exp_avg" in tensors:
+            optimizer.state[p] = {"step": torch.tensor(meta["adam_steps"][str(i)]),
+                                  "exp_avg": tensors[f"adam.{i}.exp_avg"].to(device),
+                                  "exp_avg_sq": tensors[f"adam.{i}.exp_avg_sq"].to(device)}
+    torch.set_rng_state(tensors["torch_rng"])
+    rng.bit_generator.state = meta["numpy_rng"]
+    return TrainState(**meta["state"])
+
+
+def validate(model: nn.Module, blocks: Dict[str, object], task_classes: Dict[str, Sequence[int]],
+             device: torch.device, precision: str) -> Dict[str, float]:
+    """Dice per class on fixed held-out blocks, labels by highest probability (cheap, periodic)."""
+    model.eval()
+    dice = {}
+    with torch.inference_mode(), _autocast(device, precision):
+        for task, batch in blocks.items():
+            logits = crops_logits(model, batch.crops.to(device), planes_per_batch=4096)
+            predicted = logits.float().argmax(dim=2).cpu()
+            for c in task_classes[task]:
+                ref = (batch.labels == c) & batch.mask
+                pred = (predicted == c) & batch.mask
+                denominator = ref.sum().item() + pred.sum().item()
+                dice[str(c)] = 2.0 * (ref & pred).sum().item() / denominator if denominator else 1.0
+    model.train()
+    return dice
+
+
+def plot_learning_curves(history: Sequence[dict], class_names: Sequence[str], path: Path, title: str = "") -> None:
+    """Validation Dice per class against steps, one panel per task (like the paper's Fig. 2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [h for h in history if "dice" in h]
+    if not rows:
+        return
+    classes = sorted({int(c) for h in rows for c in h["dice"]})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for c in classes:
+        steps = [h["step"] for h in rows if str(c) in h["dice"]]
+        axes[0].plot(steps, [h["dice"][str(c)] for h in rows if str(c) in h["dice"]], label=class_names[c])
+    axes[0].set(xlabel="step", ylabel="validation Dice", ylim=(0, 1), title="Dice per class (held-out blocks)")
+    axes[0].legend(fontsize=7)
+    loss_rows = [h for h in history if "loss" in h]
+    axes[1].plot([h["step"] for h in loss_rows], [h["loss"] for h in loss_rows])
+    axes[1].set(xlabel="step", ylabel="training loss", yscale="log", title="Training loss")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def train(config: TrainConfig, progress: Optional[ProgressCallback] = None,
+          cancel: Optional[CancelCheck] = None) -> Optional[ModelBundle]:
+    """Train per the config; returns the bundle (rank 0) after writing it, its report and curves."""
+    device = _setup_distributed(config.device)
+    rank, world = _rank(), (dist.get_world_size() if _distributed() else 1)
+    precision = _precision(config, device)
+    work = Path(config.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed + rank)
+    rng = np.random.default_rng(config.seed + 7919 * rank)
+
+    tasks = [t for t in DEFAULT_TASKS if not config.tasks or t.name in config.tasks]
+    task_names = {t.name for t in tasks}
+    classes = [c for c in DEFAULT_CLASSES if c.task is None or c.task in task_names]
+    classes = [dataclasses.replace(c, index=i) for i, c in enumerate(classes)]
+    bundle = new_bundle(classes, tasks, seed=config.seed, arch=Architecture(len(classes), n_layers=config.n_layers),
+                        provenance={"training": {k: v for k, v in asdict(config).items() if k != "work_dir"}})
+    class_names = [c.name for c in bundle.classes]
+    task_classes = {t.name: [bundle.class_index(n) for n in t.classes] for t in tasks}
+    report(progress, 0.0, "Preparing data")
+    train_cases, test_cases, modalities = load_training_data(config, class_names, bundle.normalization,
+                                                             bundle.target_spacing_mm)
+    missing = task_names - set(train_cases)
+    if missing:
+        raise InputError(f"No training data for task(s) {sorted(missing)}: add their datasets or leave them out.")
+    val_blocks = validation_blocks(test_cases or train_cases, task_classes, 32, bundle.architecture.halo)
+
+    model = bundle.model.to(device).train()
+    channels_last = device.type == "cpu" and precision != "fp32"
+    net: nn.Module = BlockNet(model, channels_last)
+    if _distributed():
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    checkpoint = work / "checkpoint.safetensors"
+    state = TrainState()
+    if checkpoint.exists():
+        state = load_checkpoint(checkpoint, bundle, optimizer, rng)
+        if rank == 0:
+            print(f"Resuming from {checkpoint} at step {state.step}", flush=True)
+    log_path = work / "log.jsonl"
+    started = time.time() - state.seconds
+    session_start = time.time()
+    deadline = session_start + 60 * config.time_limit_minutes if config.time_limit_minutes else None
+
+    while state.step < config.steps:
+        check_cancel(cancel)
+        elapsed = (time.time() - session_start) / (deadline - session_start) if deadline else 0.0
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, state.step, elapsed)
+        t0 = time.time()
+        batch = sample_batch({t: train_cases[t] for t in task_classes}, task_classes, modalities,
+                             config.blocks_per_task, config.block, bundle.architecture.halo, rng,
+                             config.augmentation)
+        weights = balanced_weights(batch.labels, batch.mask, batch.tasks).to(device)
+        with _autocast(device, precision):
+            logits = net(batch.crops.to(device))  # (n, z, C, y, x)
+        per_voxel = nn.functional.cross_entropy(logits.float().permute(0, 2, 1, 3, 4), batch.labels.to(device),
+                                                reduction="none")
+        loss = (per_voxel * weights).sum()
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        state.step += 1
+        samples = int(batch.mask.sum()) * world
+        state.samples += samples
+        state.seconds = time.time() - started
+        entry = {"step": state.step, "loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"],
+                 "samples_per_second": samples / max(1e-9, time.time() - t0)}
+        last = state.step == config.steps or (deadline is not None and time.time() > deadline)
+        if rank == 0 and (state.step % config.validate_every == 0 or last):
+            entry["dice"] = validate(model, val_blocks, task_classes, device, precision)
+        state.history.append(entry)
+        if rank == 0:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+            if state.step % config.checkpoint_every == 0 or last:
+                save_checkpoint(checkpoint, bundle, optimizer, state, rng, config)
+        report(progress, state.step / config.steps,
+               f"loss {entry['loss']:.3f}, {entry['samples_per_second']:.0f} samples/s")
+        if last:
+            break
+
+    if _distributed():
+        dist.barrier()
+    if rank != 0:
+        return None
+    model.eval()
+    bundle.provenance["training"].update({"steps_done": state.step, "seconds": round(state.seconds, 1),
+                                          "voxel_samples": state.samples, "processes": world,
+                                          "device": str(device), "precision": precision})
+    plot_learning_curves(state.history, class_names, work / "learning_curve.png", "MultiTaskSeg training")
+    if config.evaluate_at_end and test_cases:
+        report(progress, 1.0, "Evaluating on held-out cases")
+        results = evaluate_cases(bundle, [c for cs in test_cases.values() for c in cs], device, precision,
+                                 choose_thresholds=True)
+        bundle.default_thresholds.update(results["thresholds"])
+        bundle.provenance["evaluation"] = results["summary"]
+        write_report(results, bundle, work / "report")
+    bundle.save(config.output, overwrite=True)
+    return bundle
