@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from . import __version__
+from . import __version__, cli_training  # cli_training: train, evaluate, demo
 from .errors import Cancelled, InputError, MultiTaskSegError, OutputError
 
 PROG = "multitaskseg"
@@ -346,6 +346,7 @@ def _bar_progress(bar, number: int, prefix: str) -> Callable[[float, str], None]
 def segment_one(job: SegmentJob, segmenter, selected: Sequence[int], thresholds: Mapping[int, float],
                 overwrite: bool, progress: Optional[Callable[[float, str], None]] = None) -> None:
     """Read, segment and write one input; the labelmap is written last, so its presence means done."""
+    from .terminology import segmentation_segments
     from .volume_io import read_volume, write_labelmap, write_segmentation_nrrd, write_volume
 
     volume = read_volume(job.input)
@@ -354,9 +355,7 @@ def segment_one(job: SegmentJob, segmenter, selected: Sequence[int], thresholds:
         write_volume(volume.with_array(maps.probability(index)), path, overwrite=overwrite)
     labels = maps.labelmap(thresholds)
     if job.output.name.lower().endswith(".seg.nrrd"):
-        segments = [{"name": c.name, "color": c.color, "label_value": c.index,
-                     "terminology": c.slicer_terminology_string()}
-                    for c in maps.classes if c.index in maps.selected]
+        segments = segmentation_segments(maps.classes, maps.selected)
         write_segmentation_nrrd(labels, volume, job.output, segments, overwrite=overwrite)
     else:
         write_labelmap(labels, volume, job.output, overwrite=overwrite)
@@ -392,7 +391,7 @@ def _run_make_data(args) -> int:
     return EXIT_OK
 
 
-SUBCOMMANDS: Tuple[Callable, ...] = (_add_info, _add_segment, _add_make_data)
+SUBCOMMANDS: Tuple[Callable, ...] = (_add_info, _add_segment, _add_make_data) + cli_training.SUBCOMMANDS
 
 
 if __name__ == "__main__":  # python -m MultiTaskSegLib.cli

@@ -247,6 +247,14 @@ def classes_of_task(classes: Iterable[ClassInfo], task: str) -> List[ClassInfo]:
     return [c for c in classes if c.task == task]
 
 
+def segmentation_segments(classes: Iterable[ClassInfo], selected: Iterable[int]) -> List[Dict[str, Any]]:
+    """Segment descriptions (name, colour, label value, terminology) of the selected classes, as
+    ``volume_io.write_segmentation_nrrd`` takes them; the label value is the class index."""
+    chosen = set(selected)
+    return [{"name": c.name, "color": c.color, "label_value": c.index, "terminology": c.slicer_terminology_string()}
+            for c in classes if c.index in chosen]
+
+
 def _rgb(r: int, g: int, b: int) -> Tuple[float, float, float]:
     """Slicer lists colours as 0..255 integers; ClassInfo keeps 0..1."""
     return (r / 255.0, g / 255.0, b / 255.0)

@@ -30,7 +30,7 @@ from torch import nn
 
 from .bundle import ModelBundle, new_bundle
 from .cases import PreparedCase, group_by_task, prepare_dataset
-from .datasets import load_dataset
+from .datasets import TaskDataset, load_dataset
 from .dense import crops_logits
 from .model import Architecture
 from .errors import InputError
@@ -117,22 +117,31 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
-def load_training_data(config: TrainConfig, class_names: Sequence[str], normalization: dict,
-                       target_spacing: Optional[float]):
-    """Prepared training and test cases of every dataset, grouped by task."""
-    cache = Path(config.work_dir) / "cache"
+def load_training_data(datasets: Sequence[TaskDataset], work_dir: str, class_names: Sequence[str],
+                       normalization: dict, target_spacing: Optional[float]):
+    """Prepared training and test cases of every dataset, grouped by task, and each task's modality."""
+    cache = Path(work_dir) / "cache"
     train, test, modalities = [], [], {}
-    for folder in config.datasets:
-        dataset = load_dataset(folder)
-        if config.tasks and dataset.task not in config.tasks:
-            continue
+    for dataset in datasets:
         modalities[dataset.task] = dataset.modality
         train += prepare_dataset(dataset, class_names, normalization, "training", target_spacing, cache)
         test += prepare_dataset(dataset, class_names, normalization, "test", target_spacing, cache)
-    if not train:
-        raise InputError("No training cases found: give nnU-Net dataset folders with imagesTr/ and labelsTr/ "
-                         "(see 'multitaskseg make-data').")
     return group_by_task(train), group_by_task(test), modalities
+
+
+def select_datasets(config: TrainConfig) -> List[TaskDataset]:
+    """The dataset folders of the tasks to train (all given, or those of ``config.tasks``)."""
+    datasets = [load_dataset(folder) for folder in config.datasets]
+    if config.tasks:
+        unknown = set(config.tasks) - {d.task for d in datasets}
+        if unknown:
+            raise InputError(f"No dataset for task(s) {sorted(unknown)}: the datasets given hold "
+                             f"{sorted({d.task for d in datasets})}.")
+        datasets = [d for d in datasets if d.task in config.tasks]
+    if not datasets:
+        raise InputError("No training datasets given: pass nnU-Net dataset folders with imagesTr/ and labelsTr/ "
+                         "(see 'multitaskseg make-data').")
+    return datasets
 
 
 def learning_rate(config: TrainConfig, step: int, elapsed_fraction: float = 0.0) -> float:
@@ -241,8 +250,9 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None,
     torch.manual_seed(config.seed + rank)
     rng = np.random.default_rng(config.seed + 7919 * rank)
 
-    tasks = [t for t in DEFAULT_TASKS if not config.tasks or t.name in config.tasks]
-    task_names = {t.name for t in tasks}
+    datasets = select_datasets(config)
+    task_names = {d.task for d in datasets}
+    tasks = [t for t in DEFAULT_TASKS if t.name in task_names]
     classes = [c for c in DEFAULT_CLASSES if c.task is None or c.task in task_names]
     classes = [dataclasses.replace(c, index=i) for i, c in enumerate(classes)]
     bundle = new_bundle(classes, tasks, seed=config.seed, arch=Architecture(len(classes), n_layers=config.n_layers),
@@ -250,11 +260,11 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None,
     class_names = [c.name for c in bundle.classes]
     task_classes = {t.name: [bundle.class_index(n) for n in t.classes] for t in tasks}
     report(progress, 0.0, "Preparing data")
-    train_cases, test_cases, modalities = load_training_data(config, class_names, bundle.normalization,
-                                                             bundle.target_spacing_mm)
+    train_cases, test_cases, modalities = load_training_data(datasets, config.work_dir, class_names,
+                                                             bundle.normalization, bundle.target_spacing_mm)
     missing = task_names - set(train_cases)
     if missing:
-        raise InputError(f"No training data for task(s) {sorted(missing)}: add their datasets or leave them out.")
+        raise InputError(f"The datasets of task(s) {sorted(missing)} have no training cases in imagesTr/.")
     val_blocks = validation_blocks(test_cases or train_cases, task_classes, 32, bundle.architecture.halo)
 
     model = bundle.model.to(device).train()

@@ -1,0 +1,154 @@
+"""Subcommands around models: ``train``, ``evaluate`` and ``demo`` (see cli.py for the conventions).
+
+``multitaskseg train`` runs unchanged under ``torchrun --nproc_per_node N`` for several GPUs (or
+CPU processes); only the first process prints and writes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .errors import OutputError
+
+
+def _progress_bar(description: str):
+    """A tqdm bar on stderr driven by progress(fraction, stage); silent on non-zero ranks."""
+    from tqdm import tqdm
+
+    quiet = int(os.environ.get("RANK", "0")) != 0
+    bar = tqdm(total=1.0, file=sys.stderr, dynamic_ncols=True, disable=quiet,
+               bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]")
+
+    def progress(fraction: float, stage: str) -> None:
+        bar.n = fraction
+        bar.set_description_str(f"{description}: {stage}", refresh=False)
+        bar.refresh()
+
+    return bar, progress
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def _add_train(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a model bundle on nnU-Net style datasets (one per task)",
+        description="Train the triplanar CNN on one or more nnU-Net v2 dataset folders, balanced over tasks "
+                    "and classes (paper 3.2). Re-running the same command resumes from the checkpoint in "
+                    "--work-dir. For several GPUs: torchrun --nproc_per_node N -m MultiTaskSegLib.cli train ...")
+    parser.add_argument("datasets", nargs="+", metavar="DATASET", help="nnU-Net dataset folders")
+    parser.add_argument("-o", "--output", required=True, help="model bundle to write (.safetensors)")
+    parser.add_argument("--work-dir", required=True, help="checkpoints, log, learning curve, report, cache")
+    parser.add_argument("--tasks", nargs="+", help="train only these tasks (default: those of the datasets)")
+    parser.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
+    parser.add_argument("--blocks-per-task", type=int, default=2, help="dense blocks per task per step (default 2)")
+    parser.add_argument("--block", type=int, default=24, help="side of a dense block in voxels (default 24)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--layers", type=int, default=25, help="conv layers (paper: 25; fewer only for quick tests)")
+    parser.add_argument("--validate-every", type=int, default=100)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop cleanly after this long")
+    parser.add_argument("--no-augmentation", action="store_true")
+    parser.add_argument("--no-evaluation", action="store_true", help="skip the held-out evaluation at the end")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output bundle")
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from .training import TrainConfig, train
+
+    if Path(args.output).exists() and not args.overwrite:
+        raise OutputError(f"{args.output} exists already: use --overwrite to replace it, or choose another output.")
+    config = TrainConfig(datasets=args.datasets, output=args.output, work_dir=args.work_dir, tasks=args.tasks,
+                         steps=args.steps, blocks_per_task=args.blocks_per_task, block=args.block,
+                         learning_rate=args.lr, n_layers=args.layers, validate_every=args.validate_every,
+                         device=args.device, precision=args.precision, seed=args.seed,
+                         time_limit_minutes=args.time_limit, augmentation=not args.no_augmentation,
+                         evaluate_at_end=not args.no_evaluation)
+    bar, progress = _progress_bar("train")
+    with bar:
+        bundle = train(config, progress=progress)
+    if bundle is not None:
+        print(f"wrote {args.output}; log, learning curve and report in {args.work_dir}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate
+
+
+def _add_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="Dice per class and alien-class rate of a model on labelled datasets",
+        description="Evaluate a model bundle on the labelled cases of nnU-Net dataset folders (paper 4): Dice per "
+                    "class, alien-class rate, and with --choose-thresholds the precision-recall optimal thresholds.")
+    parser.add_argument("datasets", nargs="+", metavar="DATASET")
+    parser.add_argument("--model", help="model bundle (default: the shipped model)")
+    parser.add_argument("--split", choices=("test", "training"), default="test")
+    parser.add_argument("-o", "--report", default="evaluation", help="report path prefix (.md and .json)")
+    parser.add_argument("--choose-thresholds", action="store_true",
+                        help="use the thresholds of highest pooled Dice instead of the bundle's")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from .bundle import load_bundle
+    from .cases import prepare_dataset
+    from .datasets import load_dataset
+    from .evaluation import evaluate_cases, write_report
+    from .pipeline import Segmenter
+
+    prefix = Path(args.report)
+    existing = [p for p in (prefix.with_suffix(".md"), prefix.with_suffix(".json")) if p.exists()]
+    if existing and not args.overwrite:
+        raise OutputError(f"{existing[0]} exists already: use --overwrite or another --report.")
+    bundle = load_bundle(args.model)
+    segmenter = Segmenter(bundle, device=args.device)
+    class_names = [c.name for c in bundle.classes]
+    cases = []
+    for folder in args.datasets:
+        cases += prepare_dataset(load_dataset(folder), class_names, bundle.normalization, args.split,
+                                 bundle.target_spacing_mm)
+    bar, progress = _progress_bar("evaluate")
+    with bar:
+        results = evaluate_cases(bundle, cases, segmenter.device, segmenter.precision,
+                                 choose_thresholds=args.choose_thresholds, progress=progress)
+    write_report(results, bundle, prefix)
+    print(prefix.with_suffix(".md").read_text())
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# demo
+
+
+def _add_demo(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="segment a real brain T1 and two phantoms with the shipped model",
+        description="Segment the ICBM 2009a brain template (nilearn) and one breast MRI and one cardiac CTA phantom "
+                    "with the shipped model; write labelmaps, .seg.nrrd files and PNG overlays.")
+    parser.add_argument("out_dir", nargs="?", default="demo-output", metavar="OUT_DIR")
+    parser.add_argument("--model", help="model bundle (default: the shipped model)")
+    parser.add_argument("--device", default="auto")
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from .demo import format_results, run_demo
+
+    bar, progress = _progress_bar("demo")
+    with bar:
+        results = run_demo(Path(args.out_dir), args.model, args.device, progress)
+    print(format_results(results))
+    print(f"All outputs are in {Path(args.out_dir).resolve()}")
+    return 0
+
+
+SUBCOMMANDS = (_add_train, _add_evaluate, _add_demo)

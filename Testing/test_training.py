@@ -1,0 +1,141 @@
+"""Training: balanced dense-block sampling, the loss weights, checkpoints that resume exactly, the
+bundle it writes, and the same command under torchrun with two CPU processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from MultiTaskSegLib.bundle import load_bundle
+from MultiTaskSegLib.cases import PreparedCase
+from MultiTaskSegLib.datasets import write_dataset
+from MultiTaskSegLib.phantoms import breast_mri_phantom, cardiac_cta_phantom
+from MultiTaskSegLib.sampling import balanced_weights, crop_with_zeros, sample_batch
+from MultiTaskSegLib.training import TrainConfig, learning_rate, train
+
+
+@pytest.fixture(scope="module")
+def tiny_datasets(tmp_path_factory):
+    """Two small phantom datasets (breast MRI, coronary CTA) with a train and a test case each."""
+    root = tmp_path_factory.mktemp("datasets")
+    breast = write_dataset(root, "Dataset002_BreastPhantom", "MR", {"background": 0, "pectoral muscle": 1},
+                           [(f"b{i}", *breast_mri_phantom(i, shape=(20, 40, 48)), split)
+                            for i, split in enumerate(("train", "test"))], task="breast")
+    coronary = write_dataset(root, "Dataset003_CoronaryPhantom", "CT", {"background": 0, "coronary arteries": 1},
+                             [(f"c{i}", *cardiac_cta_phantom(i, shape=(40, 56, 56)), split)
+                              for i, split in enumerate(("train", "test"))], task="coronary")
+    return [str(breast.root), str(coronary.root)]
+
+
+def tiny_config(datasets, work, steps, **overrides):
+    settings = dict(datasets=datasets, output=str(work / "model.safetensors"), work_dir=str(work), steps=steps,
+                    blocks_per_task=2, block=6, n_layers=2, validate_every=2, checkpoint_every=1,
+                    precision="fp32", device="cpu", seed=3)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_crop_with_zeros_pads_outside_the_array():
+    array = np.arange(27, dtype=np.float32).reshape(3, 3, 3) + 1
+    crop = crop_with_zeros(array, (-1, 1, 2), (3, 3, 3))
+    assert crop.shape == (3, 3, 3)
+    assert (crop[0] == 0).all()  # z = -1 is outside
+    assert crop[1, 0, 0] == array[0, 1, 2] and (crop[1, :, 1:] == 0).all() and (crop[1, 2] == 0).all()
+
+
+def test_balanced_weights_weigh_tasks_and_classes_equally():
+    labels = torch.tensor([[0, 0, 0, 7], [0, 8, 8, 8], [0, 0, 8, 0]]).reshape(3, 1, 1, 4)
+    mask = torch.ones_like(labels, dtype=torch.bool)
+    mask[0, 0, 0, 0] = False  # an excluded voxel weighs nothing
+    weights = balanced_weights(labels, mask, ["breast", "coronary", "coronary"])
+    assert weights.sum().item() == pytest.approx(1.0)
+    assert weights[0, 0, 0, 0] == 0
+    breast, coronary = weights[0], weights[1:]
+    assert breast.sum().item() == pytest.approx(0.5) and coronary.sum().item() == pytest.approx(0.5)
+    # within the coronary task, background and class 8 weigh the same in total
+    coronary_labels = labels[1:]
+    assert coronary[coronary_labels == 8].sum().item() == pytest.approx(0.25)
+    assert coronary[coronary_labels == 0].sum().item() == pytest.approx(0.25)
+
+
+def test_blocks_are_centred_on_every_class_about_equally():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((20, 20, 20), dtype=np.uint8)
+    labels[5:7, 5:7, 5:7] = 7  # a rare class: 8 voxels of 8000
+    image = np.ones(labels.shape, dtype=np.float32)
+    case = PreparedCase("c", "breast", image, labels, image > 0, 1.0)
+    hits = 0
+    for _ in range(200):
+        batch = sample_batch({"breast": [case]}, {"breast": [7]}, {"breast": "MR"}, 1, 1, 2, rng, augmentation=False)
+        hits += int(batch.labels.max() == 7)
+    assert 70 <= hits <= 130  # ~half of the 1-voxel blocks land on the rare class, not 0.1%
+
+
+def test_learning_rate_warms_up_then_decays():
+    config = TrainConfig(datasets=[], output="", work_dir="", steps=100, learning_rate=1e-3)
+    rates = [learning_rate(config, s) for s in range(100)]
+    assert rates[0] < rates[4] == pytest.approx(1e-3)
+    assert rates[-1] < 0.1e-3 and all(a >= b for a, b in zip(rates[5:], rates[6:]))
+    assert learning_rate(config, 10, elapsed_fraction=1.0) == pytest.approx(0.05e-3)
+
+
+def test_training_writes_a_valid_bundle_with_report(tiny_datasets, tmp_path):
+    bundle = train(tiny_config(tiny_datasets, tmp_path, steps=2))
+    loaded = load_bundle(tmp_path / "model.safetensors")
+    assert [c.name for c in loaded.classes] == ["background", "pectoral muscle", "coronary arteries"]
+    assert [t.name for t in loaded.tasks] == ["breast", "coronary"]
+    assert loaded.architecture.n_layers == 2 and loaded.architecture.num_classes == 3
+    # thresholds chosen at the precision-recall optimum on the held-out cases, within [0, 1]
+    assert set(loaded.default_thresholds) == {1, 2}
+    assert all(0.0 <= t <= 1.0 for t in loaded.default_thresholds.values())
+    assert loaded.provenance["training"]["steps_done"] == 2
+    assert "evaluation" in loaded.provenance
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2] and "dice" in log[-1]
+    assert set(log[-1]["dice"]) == {"1", "2"}
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {r["task"] for r in report["cases"]} == {"breast", "coronary"}
+    assert (tmp_path / "report.md").exists() and (tmp_path / "learning_curve.png").stat().st_size > 1000
+    saved = loaded.model.state_dict()
+    for name, value in bundle.model.state_dict().items():
+        if not name.endswith("num_batches_tracked"):  # a counter bundles do not keep
+            assert torch.equal(value.cpu(), saved[name]), name
+
+
+def test_resume_continues_exactly_where_it_stopped(tiny_datasets, tmp_path):
+    straight = train(tiny_config(tiny_datasets, tmp_path / "a", steps=4, evaluate_at_end=False))
+    train(tiny_config(tiny_datasets, tmp_path / "b", steps=2, evaluate_at_end=False))
+    resumed = train(tiny_config(tiny_datasets, tmp_path / "b", steps=4, evaluate_at_end=False))
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_checkpoints_are_not_pickles(tiny_datasets, tmp_path):
+    train(tiny_config(tiny_datasets, tmp_path, steps=1, evaluate_at_end=False))
+    head = (tmp_path / "checkpoint.safetensors").read_bytes()[:8]
+    assert not head.startswith(b"PK") and head[:1] != b"\x80"
+    size = int.from_bytes(head, "little")
+    header = json.loads((tmp_path / "checkpoint.safetensors").read_bytes()[8:8 + size])
+    assert "multitaskseg_checkpoint" in header["__metadata__"]
+
+
+def test_torchrun_with_two_cpu_processes(tiny_datasets, tmp_path):
+    """The same training under torchrun: DistributedDataParallel over gloo, two processes."""
+    work = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "-m", "MultiTaskSegLib.cli", "train", *tiny_datasets, "-o", str(work / "model.safetensors"),
+               "--work-dir", str(work), "--steps", "2", "--block", "6", "--blocks-per-task", "1",
+               "--layers", "2", "--device", "cpu", "--precision", "fp32", "--no-evaluation"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    bundle = load_bundle(work / "model.safetensors")
+    assert bundle.provenance["training"]["processes"] == 2
+    assert bundle.provenance["training"]["steps_done"] == 2
