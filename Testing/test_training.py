@@ -139,3 +139,18 @@ def test_torchrun_with_two_cpu_processes(tiny_datasets, tmp_path):
     bundle = load_bundle(work / "model.safetensors")
     assert bundle.provenance["training"]["processes"] == 2
     assert bundle.provenance["training"]["steps_done"] == 2
+
+
+def test_deformation_moves_image_and_labels_together():
+    from MultiTaskSegLib.sampling import deform
+
+    rng = np.random.default_rng(1)
+    image = np.zeros((31, 31, 31), dtype=np.float32)
+    image[10:20, 12:22, 8:18] = 1.0
+    labels = (image > 0).astype(np.uint8) * 7
+    moved_image, moved_labels = deform([image, labels], rng, max_degrees=10, max_scale=0.1)
+    assert moved_labels.dtype == np.uint8 and set(np.unique(moved_labels)) <= {0, 7}
+    assert not np.array_equal(moved_labels, labels)  # it did move
+    inside = moved_labels == 7
+    assert moved_image[inside].mean() > 0.9 and moved_image[~inside].mean() < 0.05
+    assert 0.7 < inside.sum() / (labels == 7).sum() < 1.4  # scaling by at most 10% per axis

@@ -8,7 +8,8 @@ of samples (dense.crops_logits). The loss weights in ``balanced_weights`` restor
 paper gets from sampling: every task weighs the same, and within a task every class present.
 
 Augmentation helps generalise from few images: intensity scale and gamma, Gaussian noise, a
-smooth multiplicative bias field (MR), and left-right flips where anatomy allows.
+smooth multiplicative bias field (MR), small rotations and scalings, and left-right flips where
+anatomy allows.
 """
 
 from __future__ import annotations
@@ -74,6 +75,28 @@ def augment(crop: np.ndarray, modality: str, rng: np.random.Generator) -> np.nda
     return out
 
 
+def deform(arrays: Sequence[np.ndarray], rng: np.random.Generator, max_degrees: float = 10.0,
+           max_scale: float = 0.1) -> List[np.ndarray]:
+    """The same small random rotation (about each axis) and isotropic scaling of equally shaped
+    crops about their centre; the first array (the image) is interpolated linearly, the others
+    (labels, mask) take the nearest voxel. Outside the crop counts as 0."""
+    from scipy.ndimage import affine_transform
+
+    angles = np.deg2rad(rng.uniform(-max_degrees, max_degrees, size=3))
+    rotation = np.eye(3)
+    for axis, angle in enumerate(angles):
+        c, s = np.cos(angle), np.sin(angle)
+        a, b = [i for i in range(3) if i != axis]
+        r = np.eye(3)
+        r[a, a], r[a, b], r[b, a], r[b, b] = c, -s, s, c
+        rotation = rotation @ r
+    matrix = rotation * rng.uniform(1.0 - max_scale, 1.0 + max_scale)
+    centre = (np.array(arrays[0].shape) - 1) / 2.0
+    offset = centre - matrix @ centre
+    return [affine_transform(a, matrix, offset, order=1 if i == 0 else 0, mode="constant", cval=0)
+            for i, a in enumerate(arrays)]
+
+
 def _draw_centre(case: PreparedCase, classes: Sequence[int], rng: np.random.Generator) -> np.ndarray:
     """A sample voxel of a class drawn uniformly among the task's classes present in the case."""
     present = [c for c in classes if case.class_voxels(c).size]
@@ -92,9 +115,14 @@ def sample_batch(cases_by_task: Mapping[str, Sequence[PreparedCase]], task_class
             case = cases[rng.integers(len(cases))]
             centre = _draw_centre(case, classes, rng)
             start = centre - block // 2 + rng.integers(-(block // 4), block // 4 + 1, size=3)
-            crop = crop_with_zeros(case.image, start - halo, (block + 2 * halo,) * 3)
-            label = crop_with_zeros(case.labels, start, (block,) * 3)
-            mask = crop_with_zeros(case.mask, start, (block,) * 3)
+            window = (start - halo, (block + 2 * halo,) * 3)
+            crop = crop_with_zeros(case.image, *window)
+            label = crop_with_zeros(case.labels, *window)
+            mask = crop_with_zeros(case.mask, *window)
+            if augmentation and rng.random() < 0.5:
+                crop, label, mask = deform([crop, label, mask], rng)
+            inner = (slice(halo, halo + block),) * 3
+            label, mask = label[inner], mask[inner]
             if augmentation:
                 crop = augment(crop, modalities[task], rng)
                 if task in FLIP_TASKS and rng.random() < 0.5:
