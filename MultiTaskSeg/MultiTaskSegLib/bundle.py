@@ -109,8 +109,11 @@ class ModelBundle:
 
 def _refuse_pickle(path: Path) -> None:
     with open(path, "rb") as f:
-        head = f.read(8)
-    # torch.save writes a zip archive (PK..) or, in its legacy format, a raw pickle (0x80 protocol byte).
+        head = f.read(9)
+    # A safetensors file is an 8-byte header length, then its JSON header: byte 8 is "{". Only
+    # otherwise look for what torch.save writes: a zip archive (PK..) or a raw pickle (0x80).
+    if len(head) == 9 and head[8:9] == b"{":
+        return
     if head.startswith(b"PK") or head[:1] == b"\x80":
         raise ModelError(f"{path} is a pickle-based PyTorch checkpoint. Loading it could run arbitrary code, "
                          "so MultiTaskSeg refuses it. Use a MultiTaskSeg .safetensors bundle "
