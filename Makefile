@@ -1,5 +1,5 @@
 # make test   create .venv/ when missing, install the pinned dependencies once, run the test suite
-# make demo   segment a brain MRI with the shipped model (needs the trained model of the training issue)
+# make demo   segment a real brain T1 and a breast and a cardiac phantom with the shipped model
 # make bench  run the speed and memory benchmarks in benchmarks/
 
 PYTHON ?= python3
@@ -27,13 +27,11 @@ $(STAMP): requirements-dev.txt pyproject.toml | $(PY)
 
 demo: $(STAMP)
 	@if [ ! -f "$(MODEL)" ]; then \
-		echo "make demo: the shipped model $(MODEL) is not there yet (it comes with the training issue)."; \
+		echo "make demo: the shipped model $(MODEL) is missing: restore it from git, or train one (README, Training)."; \
 		exit 1; \
 	fi
-	mkdir -p $(DEMO_OUT)
 	$(VENV)/bin/multitaskseg info
-	$(VENV)/bin/multitaskseg segment "$$($(PY) -c 'from MultiTaskSegLib.brain_data import mni152_t1_path; print(mni152_t1_path())')" \
-		-o $(DEMO_OUT)/mni152.seg.nrrd --overwrite
+	$(VENV)/bin/multitaskseg demo $(DEMO_OUT)
 
 bench: $(STAMP)
 	@for script in benchmarks/*.py; do \

@@ -56,8 +56,8 @@ The network runs in the background; Segment turns into Cancel meanwhile.
         self.parent.acknowledgementText = """
 Implements the multi-task triplanar CNN of P. Moeskops, J.M. Wolterink, B.H.M. van der Velden,
 K.G.A. Gilhuijs, T. Leiner, M.A. Viergever, I. Isgum: "Deep learning for multi-task medical image
-segmentation in multiple modalities", MICCAI 2016, reported in Deep Learning and Data Labeling for
-Medical Applications (DLMIA), Lecture Notes in Computer Science vol. 10008, Springer, 2016/2017.
+segmentation in multiple modalities", MICCAI 2016, Lecture Notes in Computer Science vol. 9901,
+pp. 478-486 (arXiv:1704.03379).
 """
 
 
