@@ -177,6 +177,10 @@ def _add_segment(subparsers) -> None:
     parser.add_argument("--spacing", type=float, metavar="MM",
                         help="isotropic voxel size the network sees (default: the model's, else the input's median)")
     parser.add_argument("--format", choices=tuple(FORMATS), help="output format when OUTPUT is a folder (default nii.gz)")
+    parser.add_argument("--component", type=int, metavar="N",
+                        help="segment component N (from 0) of a multi-component image or time point N of a 4D image")
+    parser.add_argument("--series-uid", metavar="UID",
+                        help="the DICOM series to segment when an input folder holds several")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.set_defaults(run=_run_segment)
 
@@ -189,6 +193,8 @@ class SegmentJob:
     case: str
     output: Path
     probabilities: List[Tuple[int, Path]] = field(default_factory=list)
+    series_uid: Optional[str] = None  # which DICOM series of a folder (--series-uid)
+    component: Optional[int] = None  # which component or time point (--component)
 
     @property
     def outputs(self) -> List[Path]:
@@ -207,6 +213,8 @@ def _run_segment(args) -> int:
     jobs = plan_jobs([Path(p) for p in args.inputs], Path(args.output), args.format,
                      Path(args.probabilities) if args.probabilities else None,
                      [(i, bundle.classes[i].name) for i in selected])
+    for job in jobs:
+        job.series_uid, job.component = args.series_uid, args.component
     check_outputs(jobs, args.overwrite)
     for folder in {path.parent for job in jobs for path in job.outputs}:
         folder.mkdir(parents=True, exist_ok=True)
@@ -349,7 +357,7 @@ def segment_one(job: SegmentJob, segmenter, selected: Sequence[int], thresholds:
     from .terminology import segmentation_segments
     from .volume_io import read_volume, write_labelmap, write_segmentation_nrrd, write_volume
 
-    volume = read_volume(job.input)
+    volume = read_volume(job.input, series_uid=job.series_uid, component=job.component)
     maps = segmenter.predict(volume, list(selected), progress=progress)
     for index, path in job.probabilities:
         write_volume(volume.with_array(maps.probability(index)), path, overwrite=overwrite)

@@ -145,12 +145,12 @@ def validate_volume(volume: Volume, what: str = "image", max_memory_bytes: Optio
     float32_bytes = voxels * 4
     if voxels > MAX_VOXELS:
         raise InputError(f"The {what} has {voxels:,} voxels (more than 2**31); processing it "
-                         f"would need at least {_gib(float32_bytes)} of memory. Crop or "
+                         f"would need at least {memory_text(float32_bytes)} of memory. Crop or "
                          f"downsample it first.")
     if max_memory_bytes is not None and float32_bytes > max_memory_bytes:
         raise InputError(f"The {what} has {voxels:,} voxels; a float32 copy alone needs "
-                         f"{_gib(float32_bytes)}, over the memory limit of "
-                         f"{_gib(max_memory_bytes)}. Crop or downsample it, or raise the limit.")
+                         f"{memory_text(float32_bytes)}, over the memory limit of "
+                         f"{memory_text(max_memory_bytes)}. Crop or downsample it, or raise the limit.")
     if np.issubdtype(array.dtype, np.inexact):
         not_finite = sum(int(np.count_nonzero(~np.isfinite(plane))) for plane in array)
         if not_finite:
@@ -162,7 +162,7 @@ def validate_volume(volume: Volume, what: str = "image", max_memory_bytes: Optio
                          f"right file or series was loaded.")
 
 
-def _gib(num_bytes: float) -> str:
+def memory_text(num_bytes: float) -> str:
     """Human-readable memory size (MiB below 1 GiB)."""
     if num_bytes < 2 ** 30:
         return f"{num_bytes / 2 ** 20:.1f} MiB"
@@ -269,6 +269,7 @@ def to_canonical(volume: Volume, target_spacing: Optional[float] = None,
     if not spacing > 0:
         raise ValueError(f"target_spacing must be positive, got {target_spacing}")
     shape, origin = _canonical_extent(volume, spacing)
+    _check_canonical_size(shape, spacing)
     grid = CanonicalGrid(tuple(volume.array.shape), volume.spacing, volume.origin,
                          volume.direction.copy(), np.asarray(volume.array).dtype, shape, spacing,
                          origin)
@@ -287,6 +288,17 @@ def to_canonical(volume: Volume, target_spacing: Optional[float] = None,
                        interpolation, 0.0)
     return grid.canonical_volume(_restore_dtype(output, volume.array.dtype, interpolation,
                                                 to_input=False)), grid
+
+
+def _check_canonical_size(shape, spacing: float) -> None:
+    """Refuse, before resampling, a canonical grid too large to allocate (very anisotropic
+    voxels, or a target spacing far finer than the image's)."""
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if voxels > MAX_VOXELS:
+        raise InputError(f"On the {spacing:g} mm isotropic grid the network needs, the image would "
+                         f"have {' x '.join(map(str, shape))} = {voxels:,} voxels (more than 2**31), "
+                         f"needing at least {memory_text(4 * voxels)} of memory. Use a coarser "
+                         f"spacing (--spacing MM) or crop the image.")
 
 
 def _exact_canonical_origin(volume: Volume, grid: CanonicalGrid):

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .errors import InputError, OutputError
-from .geometry import Volume
+from .geometry import MAX_VOXELS, Volume, memory_text
 
 PathLike = Union[str, Path]
 
@@ -144,7 +144,50 @@ def _read_without_nii_sibling(path: Path) -> sitk.Image:
         return sitk.ReadImage(str(alias))
 
 
+def physical_memory_bytes() -> Optional[int]:
+    """This machine's RAM, or None where the OS does not say (then only MAX_VOXELS applies)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_size_from_header(size: Sequence[int], components: int, bytes_per_component: int,
+                           source: str, memory_bytes: Optional[int] = None) -> None:
+    """Refuse, before any voxel is read, an image too large to read and segment here.
+
+    `size` is the header's (x, y, z[, t]); reading takes every voxel of every component, and
+    segmenting then needs at least a float32 copy of one 3D volume. InputError gives both figures.
+    """
+    dims = [int(n) for n in size]
+    read_bytes = int(np.prod(dims, dtype=object)) * int(components) * int(bytes_per_component)
+    voxels = int(np.prod(dims[:3], dtype=object))
+    needed = read_bytes + 4 * voxels
+    memory_bytes = physical_memory_bytes() if memory_bytes is None else memory_bytes
+    if voxels <= MAX_VOXELS and (memory_bytes is None or needed <= memory_bytes):
+        return
+    limit = (f"more than the 2**31 voxels MultiTaskSeg handles" if voxels > MAX_VOXELS else
+             f"more than this machine's {memory_text(memory_bytes)} of memory")
+    raise InputError(f"{source} is too large: its header announces {' x '.join(map(str, dims))} voxels "
+                     f"({voxels:,} per volume); reading and segmenting it would need at least "
+                     f"{memory_text(needed)}, {limit}. Crop or downsample it first (nothing was read).")
+
+
+def _check_size_before_reading(path: Path) -> None:
+    """Read only the header and refuse absurd sizes (a damaged or hostile header) up front."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return  # not readable at all: the full read reports why
+    pixel_bytes = sitk.Image([1] * 3, reader.GetPixelID(), reader.GetNumberOfComponents()) \
+        .GetSizeOfPixelComponent()
+    check_size_from_header(reader.GetSize(), reader.GetNumberOfComponents(), pixel_bytes, str(path))
+
+
 def _read_image_file(path: Path) -> sitk.Image:
+    _check_size_before_reading(path)
     if full_suffix(path) in (".nii", ".nii.gz"):
         _check_nifti_complete(path)
     try:
