@@ -61,6 +61,9 @@ EXPERIMENTS: Tuple[Experiment, ...] = (
     Experiment(7, ("brain", "breast", "coronary"), "#e377c2"),
 )
 REPEAT_SEED_OFFSET = 1000  # the repeated run differs from the original only in its seed
+# A difference counts as beyond run-to-run variation only above this many times the repeat's difference:
+# one repeat difference is itself a single draw of the noise, so a tighter bar would call chance a result.
+NOISE_FACTOR = 2.0
 
 
 def experiment(number: int) -> Experiment:
@@ -154,7 +157,8 @@ def _train_one(e: Experiment, repeat: bool, datasets: Dict[str, str], run_dir: P
         block=settings["block"], learning_rate=settings["learning_rate"],
         validate_every=k * settings["validate_every"], checkpoint_every=k * settings["validate_every"], seed=seed,
         device=settings["device"], precision=settings["precision"], augmentation=settings["augmentation"],
-        evaluate_at_end=True, n_layers=settings["n_layers"])
+        evaluate_at_end=True, n_layers=settings["n_layers"],
+        time_limit_minutes=k * settings["minutes_per_task"] if settings["minutes_per_task"] else None)
     started = time.time()
     stage = f"Experiment {e.label}{' (repeat)' if repeat else ''}"
     bundle = train(config, progress=lambda f, s: report(progress, f, f"{stage}: {s}"), cancel=cancel)
@@ -169,6 +173,7 @@ def _train_one(e: Experiment, repeat: bool, datasets: Dict[str, str], run_dir: P
         "median_alien_class_rate": {t: summary[t]["median_alien_class_rate"] for t in e.tasks},
         "alien_class_rate_per_case": {r["case"]: r["alien_class_rate"] for r in evaluation["cases"]},
         "operating_points": evaluation["operating_points"],
+        "mini_batches_per_task_done": bundle.provenance["training"]["steps_done"] / k,
         "seconds": round(time.time() - started, 1), "bundle": str(run_dir / "model.safetensors"),
     }
     result_file.write_text(json.dumps(result, indent=2))
@@ -178,13 +183,16 @@ def _train_one(e: Experiment, repeat: bool, datasets: Dict[str, str], run_dir: P
 def run_experiments(datasets: Sequence[str], out_dir, steps_per_task: int = 1000, validate_every: int = 100,
                     blocks_per_batch: int = 6, block: int = 16, n_layers: int = 25, learning_rate: float = 1e-3,
                     seed: int = 0, device: str = "auto", precision: str = "auto", augmentation: bool = True,
-                    experiments: Optional[Sequence[int]] = None, repeat: Optional[int] = 1,
+                    minutes_per_task: Optional[float] = None, experiments: Optional[Sequence[int]] = None,
+                    repeat: Optional[int] = 1,
                     report_path=None, progress: Optional[ProgressCallback] = None,
                     cancel: Optional[CancelCheck] = None) -> dict:
     """Train the experiments (default all seven) plus a repeat of experiment ``repeat``, then report.
 
     ``steps_per_task`` and ``validate_every`` count mini-batches per task (see the module
-    docstring); ``blocks_per_batch`` must divide by every experiment's number of tasks. Training
+    docstring); ``blocks_per_batch`` must divide by every experiment's number of tasks.
+    ``minutes_per_task`` caps each run at that many minutes per task (a guard for a time budget:
+    a run stopped early says so in the report, and its steps per task then differ). Training
     folders go under ``out_dir``; the report to ``report_path`` (default ``out_dir/experiments.md``)
     with its figure and JSON in the folder of the same name beside it. Returns the results.
     """
@@ -201,7 +209,7 @@ def run_experiments(datasets: Sequence[str], out_dir, steps_per_task: int = 1000
     settings = {"steps_per_task": steps_per_task, "validate_every": validate_every,
                 "blocks_per_batch": blocks_per_batch, "block": block, "n_layers": n_layers,
                 "learning_rate": learning_rate, "seed": seed, "device": device, "precision": precision,
-                "augmentation": augmentation}
+                "augmentation": augmentation, "minutes_per_task": minutes_per_task}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # A run of k tasks costs k times the steps: weigh the progress bar accordingly.
@@ -245,8 +253,9 @@ def summarize(records: Sequence[dict], settings: dict, datasets: Dict[str, str])
 def _verdicts(table: Dict[str, Dict[str, float]], repeat_info: Optional[dict]) -> Dict[str, dict]:
     """Per class: the multi-task networks' Dice minus the task-specific one, against the noise.
 
-    The noise is the repeat's difference for that class if it was repeated, else the largest
-    difference the repeat showed over its classes (an estimate borrowed from another task).
+    A difference beyond ``NOISE_FACTOR`` times the noise counts as real. The noise is the repeat's
+    difference for that class if it was repeated, else the largest difference the repeat showed
+    over its classes (an estimate borrowed from another task).
     """
     differences = (repeat_info or {}).get("difference") or {}
     borrowed = max(differences.values()) if differences else None
@@ -258,11 +267,12 @@ def _verdicts(table: Dict[str, Dict[str, float]], repeat_info: Optional[dict]) -
         base = row[str(single.number)]
         deltas = {n: round(d - base, 4) for n, d in row.items() if n != str(single.number)}
         noise = differences.get(name, borrowed)
+        bar = None if noise is None else NOISE_FACTOR * noise
         if not deltas or noise is None:
             verdict = "not comparable (no multi-task result or no repeat)"
-        elif all(abs(d) <= noise for d in deltas.values()):
+        elif all(abs(d) <= bar for d in deltas.values()):
             verdict = "multi-task within run-to-run variation of task-specific"
-        elif all(d >= -noise for d in deltas.values()):
+        elif all(d >= -bar for d in deltas.values()):
             verdict = "multi-task at least as good (some better beyond the variation)"
         else:
             verdict = "some multi-task network worse beyond the variation"
@@ -301,7 +311,8 @@ def plot_learning_curves(records: Sequence[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(classes):]:
         ax.axis("off")
-    axes.flat[len(classes)].legend(list(handles.values()), list(handles.keys()), loc="center", title="experiment")
+    order = sorted(handles, key=lambda label: (label.endswith("(repeat)"), int(label.split(":")[0])))
+    axes.flat[len(classes)].legend([handles[k] for k in order], order, loc="center", title="experiment")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
@@ -368,7 +379,9 @@ def render_markdown(results: dict, assets_prefix: str) -> str:
         lines.append(f"Experiment {rep['experiment']} was trained twice, differing only in the random seed. Absolute "
                      "difference of the final Dice per class: " +
                      ", ".join(f"{n} {d:.3f}" for n, d in rep["difference"].items()) + ".")
-    lines += ["", "| class | task-specific Dice | multi-task minus task-specific | run-to-run | verdict |",
+    lines += ["", f"A multi-task network counts as different from the task-specific one only where the Dice differs by more "
+              f"than {NOISE_FACTOR:g} times the run-to-run difference.",
+              "", "| class | task-specific Dice | multi-task minus task-specific | run-to-run | verdict |",
               "|---|---|---|---|---|"]
     for name, v in results["verdicts"].items():
         deltas = ", ".join(f"exp. {n}: {d:+.3f}" for n, d in v["multi_task_minus_task_specific"].items())
@@ -377,4 +390,48 @@ def render_markdown(results: dict, assets_prefix: str) -> str:
     lines += ["", "\"borrowed\": the class's experiment was not repeated, so the largest difference the repeat showed "
               "on its own classes stands in. One repeat gives one difference per class: a rough estimate of the "
               "run-to-run variation, not a confidence interval.", ""]
+    lines += ["## Runs", "", "| run | tasks | mini-batches per task done | minutes |", "|---|---|---|---|"]
+    for r in results["runs"]:
+        lines.append(f"| {r['experiment']}{' (repeat)' if r['repeat'] else ''} | {', '.join(r['tasks'])} | "
+                     f"{r['mini_batches_per_task_done']:g} | {r['seconds'] / 60:.1f} |")
+    lines += ["", "## What this shows (generated from the numbers above)", ""] + [f"- {c}" for c in conclusions(results)]
     return "\n".join(lines) + "\n"
+
+
+def conclusions(results: dict) -> List[str]:
+    """Plain sentences: does multi-task match task-specific here, and how far to trust that."""
+    verdicts, s = results["verdicts"], results["settings"]
+    out = []
+    compared = {n: v for n, v in verdicts.items() if v["run_to_run"] is not None and v["multi_task_minus_task_specific"]}
+    if not compared:
+        return ["No class could be compared: run the task-specific experiments, a multi-task one and a repeat."]
+    within = [n for n, v in compared.items() if v["verdict"].startswith("multi-task within")]
+    better = [n for n, v in compared.items() if v["verdict"].startswith("multi-task at least")]
+    worse = [n for n, v in compared.items() if v["verdict"].startswith("some multi-task network worse")]
+    out.append(f"Of {len(compared)} classes, the multi-task networks' final Dice lies within the run-to-run variation "
+               f"of the task-specific network for {len(within)}" + (f" ({', '.join(within)})" if within else "") +
+               f", beyond it in their favour for {len(better)}" + (f" ({', '.join(better)})" if better else "") +
+               f", and some multi-task network is worse beyond it for {len(worse)}" +
+               (f" ({', '.join(worse)})" if worse else "") + ".")
+    spread = float(np.median([max(abs(d) for d in v["multi_task_minus_task_specific"].values())
+                              for v in compared.values()]))
+    noise = float(np.median([v["run_to_run"] for v in compared.values()]))
+    measured = sum(v["run_to_run_measured"] for v in compared.values())
+    out.append(f"Typical (median over classes) largest multi-task minus task-specific difference: {spread:.3f}; typical "
+               f"run-to-run difference: {noise:.3f}, measured on {measured} of {len(compared)} classes (one repeat of "
+               "one experiment; the others borrow it). With one repeat, differences smaller than about twice the "
+               "run-to-run difference cannot be told from chance, so only those count as beyond the variation.")
+    weak = [n for n, v in compared.items() if v["task_specific"] < 0.5]
+    if weak:
+        out.append(f"Task-specific Dice below 0.5 for {', '.join(weak)}: these classes are hardly learnt in this "
+                   "configuration, so agreement there says little about multi-task training.")
+    short = [r for r in results["runs"] if r["mini_batches_per_task_done"] < s["steps_per_task"]]
+    if short:
+        out.append("Stopped early by the time limit: " + ", ".join(
+            f"run {r['experiment']}{' (repeat)' if r['repeat'] else ''} after {r['mini_batches_per_task_done']:g}"
+            for r in short) + " mini-batches per task, so these runs were trained less than the others.")
+    if s["steps_per_task"] < PAPER["steps_per_task"] or s["n_layers"] < PAPER["n_layers"]:
+        out.append(f"Training was reduced ({s['steps_per_task']} instead of {PAPER['steps_per_task']} mini-batches per "
+                   f"task, {s['n_layers']} instead of {PAPER['n_layers']} layers): these are partly trained networks, "
+                   "and the comparison says how they learn early on, not where they would end.")
+    return out
