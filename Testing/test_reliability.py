@@ -52,7 +52,7 @@ import SimpleITK as sitk
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from MultiTaskSegLib import pipeline
+from MultiTaskSegLib import pipeline, volume_io
 from MultiTaskSegLib.bundle import load_bundle
 from MultiTaskSegLib.errors import InputError
 from MultiTaskSegLib.geometry import Volume, to_canonical
@@ -189,6 +189,18 @@ def test_huge_dimensions_over_this_machines_memory():
         check_size_from_header((1024, 1024, 400), 1, 2, "scan.nii", memory_bytes=2 ** 30)
     with pytest.raises(InputError, match="2048 x 2048 x 300 x 10"):  # a 4D file is read whole
         check_size_from_header((2048, 2048, 300, 10), 1, 4, "series.nii", memory_bytes=2 ** 34)
+
+
+def test_huge_dicom_series(tmp_path, monkeypatch):
+    """A DICOM series is sized from its first file's header times its slice count and refused
+    before the series is read when it would not fit (here: a machine with 2 KiB of memory)."""
+    volume = Volume(np.arange(5 * 9 * 8, dtype=np.int16).reshape(5, 9, 8))
+    uid = "1.2.826.0.1.3680043.2.1125.2.303"
+    write_dicom_series(tmp_path / "series", volume, uid, "T1")
+    monkeypatch.setattr(volume_io, "physical_memory_bytes", lambda: 2048)  # the series needs 2160 bytes
+    monkeypatch.setattr(sitk.ImageSeriesReader, "Execute", lambda self: pytest.fail("the series was read"))
+    with pytest.raises(InputError, match=rf"DICOM series {uid} .* 8 x 9 x 5 voxels.*nothing was read"):
+        read_volume(tmp_path / "series")
 
 
 def test_huge_canonical_grid():

@@ -173,8 +173,11 @@ def check_size_from_header(size: Sequence[int], components: int, bytes_per_compo
                      f"{memory_text(needed)}, {limit}. Crop or downsample it first (nothing was read).")
 
 
-def _check_size_before_reading(path: Path) -> None:
-    """Read only the header and refuse absurd sizes (a damaged or hostile header) up front."""
+def _check_size_before_reading(path: Path, slices: int = 1, source: Optional[str] = None) -> None:
+    """Read only the header and refuse absurd sizes (a damaged or hostile header) up front.
+
+    For a DICOM series `path` is its first file and `slices` the number of files.
+    """
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -183,7 +186,10 @@ def _check_size_before_reading(path: Path) -> None:
         return  # not readable at all: the full read reports why
     pixel_bytes = sitk.Image([1] * 3, reader.GetPixelID(), reader.GetNumberOfComponents()) \
         .GetSizeOfPixelComponent()
-    check_size_from_header(reader.GetSize(), reader.GetNumberOfComponents(), pixel_bytes, str(path))
+    size = list(reader.GetSize())
+    if slices > 1:
+        size = size[:2] + [slices * (size[2] if len(size) > 2 else 1)]
+    check_size_from_header(size, reader.GetNumberOfComponents(), pixel_bytes, source or str(path))
 
 
 def _read_image_file(path: Path) -> sitk.Image:
@@ -229,8 +235,10 @@ def _read_dicom_folder(folder: Path, series_uid: Optional[str]) -> sitk.Image:
     if uid not in uids:
         listing = "; ".join(_series_summary(folder, known) for known in uids)
         raise InputError(f"DICOM series {uid} is not in folder {folder}; it holds: {listing}.")
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
+    _check_size_before_reading(Path(files[0]), len(files), f"DICOM series {uid} in {folder}")
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+    reader.SetFileNames(files)
     try:
         return reader.Execute()
     except RuntimeError as error:
