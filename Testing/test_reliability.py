@@ -44,6 +44,7 @@ Property test of the physical round trip of to_canonical/from_canonical: test_ge
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,17 @@ def test_4d_and_multi_component_images_on_the_command_line(capsys, tmp_path, sma
                        "--model", small_bundle_file, "--component", "3")
     assert code == 2
     assert_one_error_line(err, "out of range")
+
+
+def test_multi_component_volume_in_slicer():
+    """In Slicer a colour/vector volume node is refused with the module that converts it."""
+    slicer = pytest.importorskip("slicer")
+    from MultiTaskSegLib.logic import volume_from_node
+
+    node = slicer.vtkMRMLScene().AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
+    slicer.util.updateVolumeFromArray(node, np.ones((4, 5, 6, 3), np.uint8))
+    with pytest.raises(InputError, match="3 components.*Vector to Scalar Volume"):
+        volume_from_node(node)
 
 
 def test_empty_all_zero_volume(segmenter, no_network_pass):
@@ -221,6 +233,20 @@ def test_integer_float_and_unsigned_types(tmp_path, segmenter, dtype):
     assert stored.array.dtype == dtype
     reference = segmenter.predict(base.with_array(values.astype(np.float32)))
     assert np.array_equal(segmenter.predict(stored).data, reference.data)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="needs a user that file permissions apply to (root reads everything)")
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd"])
+def test_unreadable_file(tmp_path, suffix):
+    """A file without read permission is an InputError naming it, not a crash."""
+    path = write_volume(synthetic_volume(shape=(4, 5, 6)), tmp_path / f"private{suffix}")
+    path.chmod(0)
+    try:
+        with pytest.raises(InputError, match="Cannot read .*private"):
+            read_volume(path)
+    finally:
+        path.chmod(0o600)
 
 
 def test_dicom_folder_with_several_series_on_the_command_line(capsys, tmp_path, small_bundle_file):
