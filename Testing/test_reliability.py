@@ -44,16 +44,19 @@ Property test of the physical round trip of to_canonical/from_canonical: test_ge
 from __future__ import annotations
 
 import ast
+import inspect
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from MultiTaskSegLib import pipeline, volume_io
+from MultiTaskSegLib import dense, pipeline, volume_io
 from MultiTaskSegLib.bundle import load_bundle
 from MultiTaskSegLib.errors import InputError
 from MultiTaskSegLib.geometry import Volume, to_canonical
@@ -311,6 +314,68 @@ def test_ctrl_c_during_the_network(capsys, tmp_path, image_files, small_bundle_f
     assert sorted(p.name for p in results.iterdir()) == ["case01.nii.gz"]
     assert all(p.name.startswith("case01_") for p in (tmp_path / "probs").iterdir())
     assert leftovers(results) == [] and leftovers(tmp_path / "probs") == []
+
+
+# The OOM fallback is being added to dense.py in parallel (issue 6); until it is committed these two
+# tests are skipped, clearly, rather than failing the suite. Remove the mark once dense.py has it.
+needs_oom_fallback = pytest.mark.skipif("OutOfMemoryError" not in inspect.getsource(dense),
+                                        reason="dense.py does not handle CUDA out-of-memory yet")
+
+
+def _dense_inputs(seed: int = 0):
+    model = small_random_bundle(seed).model
+    volume = np.random.default_rng(seed).normal(0.5, 1.0, (6, 11, 10)).astype(np.float32)
+    return model, volume, volume > 0
+
+
+@needs_oom_fallback
+def test_cuda_out_of_memory_falls_back_to_smaller_slabs(monkeypatch):
+    """A slab that runs out of device memory is split and retried until it fits; the result is
+    the same as without the fault."""
+    model, volume, mask = _dense_inputs()
+    options = dense.DenseOptions(precision="fp32")
+    expected = dense.dense_probabilities(model, volume, mask, "cpu", options)
+    real = dense.slab_probabilities
+    thicknesses = []
+
+    def out_of_memory_above_two_planes(model, volume, box, options, device):
+        thicknesses.append(box[1] - box[0])
+        if box[1] - box[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, volume, box, options, device)
+
+    monkeypatch.setattr(dense, "slab_probabilities", out_of_memory_above_two_planes)
+    assert np.array_equal(dense.dense_probabilities(model, volume, mask, "cpu", options), expected)
+    assert max(thicknesses) > 2 and thicknesses[-1] <= 2
+
+
+@needs_oom_fallback
+def test_cuda_out_of_memory_falls_back_to_the_cpu_with_a_message(monkeypatch):
+    """When the GPU runs out of memory even for the thinnest slabs, the pass continues on the CPU,
+    warns, and says so through progress; the result matches a CPU run."""
+    model, volume, mask = _dense_inputs()
+    expected = dense.dense_probabilities(model, volume, mask, "cpu", dense.DenseOptions(precision="fp32"))
+    real = dense.iter_dense_probabilities
+    devices = []
+
+    def gpu_without_memory(model, volume, mask, device, options, progress=None, cancel=None):
+        devices.append(torch.device(device).type)
+        if torch.device(device).type == "cuda":  # this machine has no GPU: play one that fills up
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
+        return real(model, volume, mask, device, options, progress, cancel)
+
+    monkeypatch.setattr(dense, "iter_dense_probabilities", gpu_without_memory)
+    stages = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = dense.dense_probabilities(model, volume, mask, torch.device("cuda"),
+                                           dense.DenseOptions(precision="fp16"),
+                                           progress=lambda fraction, stage: stages.append(stage))
+    assert devices == ["cuda", "cpu"]
+    assert any("CPU" in str(w.message) for w in caught)
+    assert any("out of memory" in stage and "CPU" in stage for stage in stages)
+    # The CPU pass may use reduced precision: the decision is what must agree.
+    assert (result.argmax(axis=0) == expected.argmax(axis=0)).mean() > 0.97
 
 
 # ---- determinism ---------------------------------------------------------------------------------
