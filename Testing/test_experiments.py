@@ -10,7 +10,7 @@ import pytest
 
 from MultiTaskSegLib import phantoms
 from MultiTaskSegLib.datasets import write_dataset
-from MultiTaskSegLib.errors import InputError
+from MultiTaskSegLib.errors import InputError, OutputError
 from MultiTaskSegLib.experiments import EXPERIMENTS, class_names_of, run_experiments
 from MultiTaskSegLib.geometry import Volume
 from MultiTaskSegLib.terminology import DEFAULT_CLASSES
@@ -157,3 +157,10 @@ def test_uneven_mini_batch_split_is_refused(tiny_datasets, tmp_path):
 def test_missing_task_dataset_is_refused(tiny_datasets, tmp_path):
     with pytest.raises(InputError, match="coronary"):
         run_experiments(tiny_datasets[:2], tmp_path, experiments=[3], repeat=None)
+
+
+def test_a_run_with_other_settings_is_not_resumed(results, tiny_datasets):
+    _, out, _ = results
+    with pytest.raises(OutputError, match="other settings"):
+        run_experiments(tiny_datasets, out / "runs", steps_per_task=STEPS_PER_TASK + 1, validate_every=1,
+                        blocks_per_batch=6, block=8, n_layers=2, experiments=[2], repeat=None)

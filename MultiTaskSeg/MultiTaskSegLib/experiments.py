@@ -13,14 +13,14 @@ mini-batch is ``blocks_per_batch`` dense blocks, ``blocks_per_batch / k`` of the
 (hence a multiple of 6 when one-, two- and three-task experiments are run), and an experiment of
 k tasks runs ``k * steps_per_task`` optimiser steps, validated every ``k * validate_every`` steps.
 
-Outputs: per experiment a training folder (bundle, log, checkpoint, held-out report, a
-``result.json`` that lets an interrupted run resume where it stopped); together a JSON file, a
-Markdown report and the learning-curve figure.
+Outputs: per experiment a training folder (bundle, log, checkpoint, held-out report, its
+``settings.json`` and, once finished, ``result.json``): running again with the same settings
+reuses finished experiments and resumes an interrupted one from its checkpoint. Together: a JSON
+file, a Markdown report and the learning-curve figure.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .datasets import load_dataset
-from .errors import InputError
+from .errors import InputError, OutputError
 from .progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
 from .terminology import DEFAULT_CLASSES, DEFAULT_TASKS
 
@@ -149,7 +149,13 @@ def _train_one(e: Experiment, repeat: bool, datasets: Dict[str, str], run_dir: P
         if previous.get("settings") == run_settings:
             report(progress, 1.0, f"Experiment {e.label}: finished earlier, reused")
             return previous
+    # A checkpoint left by other settings must not be resumed (training would continue it silently).
+    settings_file = run_dir / "settings.json"
+    if settings_file.exists() and json.loads(settings_file.read_text()) != run_settings:
+        raise OutputError(f"{run_dir} holds a run with other settings: use another work folder, or delete {run_dir} "
+                          "to train it again.")
     run_dir.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(json.dumps(run_settings, indent=2))
     _share_cache(run_dir, run_dir.parent / "cache")
     config = TrainConfig(
         datasets=[datasets[t] for t in e.tasks], output=str(run_dir / "model.safetensors"), work_dir=str(run_dir),
@@ -420,7 +426,7 @@ def conclusions(results: dict) -> List[str]:
     out.append(f"Typical (median over classes) largest multi-task minus task-specific difference: {spread:.3f}; typical "
                f"run-to-run difference: {noise:.3f}, measured on {measured} of {len(compared)} classes (one repeat of "
                "one experiment; the others borrow it). With one repeat, differences smaller than about twice the "
-               "run-to-run difference cannot be told from chance, so only those count as beyond the variation.")
+               "run-to-run difference cannot be told from chance, so only larger ones count as beyond the variation.")
     weak = [n for n, v in compared.items() if v["task_specific"] < 0.5]
     if weak:
         out.append(f"Task-specific Dice below 0.5 for {', '.join(weak)}: these classes are hardly learnt in this "
