@@ -11,37 +11,65 @@ give. For a block of target voxels z0:z1, y0:y1, x0:x1 we therefore run
 put the three feature maps into the same (z, y, x) order and apply the 1x1-convolution head.
 Outside the volume counts as intensity 0 (zero padding), exactly as the patch formulation sees it.
 
-Whole volumes go through in slabs along z whose thickness is chosen from a memory budget, so memory
-stays bounded whatever the volume size; within a slab only the bounding box of the foreground is
-computed (everything else is background by the paper's sample rule, intensity > 0).
+Whole volumes go through in slabs along z whose thickness is chosen from the memory available, so
+memory stays bounded whatever the volume size; within a slab only the bounding box of the
+foreground is computed (everything else is background by the paper's sample rule, intensity > 0).
+The coronal and sagittal planes of a slab carry 25 voxels of context above and below it, so thick
+slabs waste less: with enough memory a brain goes through in one slab.
 
-``patch_probabilities`` is the paper's per-voxel formulation (three 51x51 patches per voxel): the
+Inference runs a prepared copy of the network (``inference_model``): each eval-mode batch norm
+folded into the convolution before it (exact up to float rounding; BN was ~10% of the time),
+dropout dropped, weights in the compute dtype (bf16 on CPUs with AVX512-BF16 or AMX, fp16/bf16 on
+GPUs) and channels-last, so oneDNN/cuDNN run each layer as one fused conv + bias and no
+per-layer autocast casts happen. The head runs as three matrix products on (voxels x 96) features
+written straight into channels-last order.
+
+``patch_logits`` is the paper's per-voxel formulation (three 51x51 patches per voxel): the
 reference the dense path is tested against, and the baseline of the benchmarks.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple
+import os
+import warnings
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
-from .model import TriplanarCNN
+from .model import Architecture, TriplanarCNN
 from .progress import CancelCheck, ProgressCallback, check_cancel, report
 
 Box = Tuple[int, int, int, int, int, int]  # z0, z1, y0, y1, x0, x1 (half-open), unpadded coordinates
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Share of the memory the device reports available that one dense pass may use by default, and a cap
+# on CPU: the pipeline around it holds the volume, its resampled copies and the probabilities too.
+AVAILABLE_MEMORY_SHARE = 0.5
+CPU_BUDGET_CAP_BYTES = 1 << 30
+# Conv activations per batch of planes: big enough to keep oneDNN/cuDNN busy, small enough for caches.
+CONV_BATCH_BYTES = 64 << 20
+HEAD_CHUNK_VOXELS = 1 << 16
+
 
 @dataclass(frozen=True)
 class DenseOptions:
-    """How the dense pass runs. ``precision`` is "fp32", "bf16" or "fp16" (autocast)."""
+    """How the dense pass runs.
+
+    ``precision`` is the compute dtype: "fp32", "bf16" or "fp16". ``memory_budget_bytes`` bounds one
+    slab's tensors; 0 chooses it from the memory available on the device (``memory_budget``).
+    ``fold_batchnorm`` runs the prepared network (folded BN, weights in the compute dtype); without
+    it, reduced precision runs by autocast on the network as trained (the slower reference path).
+    """
 
     precision: str = "fp32"
-    memory_budget_bytes: int = 1 << 30
+    memory_budget_bytes: int = 0
     channels_last: bool = False
-    planes_per_batch: int = 0  # 0: chosen from the memory budget
+    planes_per_batch: int = 0  # 0: chosen from CONV_BATCH_BYTES
+    fold_batchnorm: bool = True
 
 
 def pad_volume(volume: torch.Tensor, halo: int) -> torch.Tensor:
@@ -52,9 +80,12 @@ def pad_volume(volume: torch.Tensor, halo: int) -> torch.Tensor:
 def _autocast(device: torch.device, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 
+
+# --------------------------------------------------------------------------------------------------
+# The reference formulation on the network as trained (also used by training and validation)
+# --------------------------------------------------------------------------------------------------
 
 def _stack_features(model: TriplanarCNN, planes: torch.Tensor, batch: int, channels_last: bool) -> torch.Tensor:
     """Conv-stack features of (B, H, W) planes, in sub-batches so activations stay bounded."""
@@ -104,6 +135,146 @@ def block_logits(model: TriplanarCNN, padded: torch.Tensor, box: Box, planes_per
     return crops_logits(model, crop[None], planes_per_batch, channels_last)[0]
 
 
+# --------------------------------------------------------------------------------------------------
+# The prepared inference network
+# --------------------------------------------------------------------------------------------------
+
+def _folded_conv(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> nn.Conv2d:
+    """A conv with bias computing conv followed by eval-mode ``bn`` (folded in float64)."""
+    weight = conv.weight.detach().double()
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(conv.out_channels, dtype=torch.float64)
+    if bn is not None:
+        scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+        weight = weight * scale[:, None, None, None]
+        bias = (bias - bn.running_mean.detach().double()) * scale + bn.bias.detach().double()
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, bias=True)
+    with torch.no_grad():
+        folded.weight.copy_(weight.float())
+        folded.bias.copy_(bias.float())
+    return folded
+
+
+def _fold_sequence(layers: nn.Sequential) -> nn.Sequential:
+    """conv [BN] [ELU] [dropout] ... -> folded conv, ELU in place, ...; dropout is the identity in eval."""
+    modules = list(layers)
+    out: List[nn.Module] = []
+    for i, module in enumerate(modules):
+        if isinstance(module, nn.Conv2d):
+            following = modules[i + 1] if i + 1 < len(modules) else None
+            out.append(_folded_conv(module, following if isinstance(following, nn.BatchNorm2d) else None))
+        elif isinstance(module, nn.ELU):
+            out.append(nn.ELU(alpha=module.alpha, inplace=True))
+        elif not isinstance(module, (nn.BatchNorm2d, nn.Dropout)):
+            raise ValueError(f"cannot fold a {type(module).__name__} layer")
+    return nn.Sequential(*out)
+
+
+def inference_model(model: TriplanarCNN, precision: str = "fp32", device: torch.device | str = "cpu",
+                    channels_last: bool = True) -> TriplanarCNN:
+    """An eval-only copy of ``model``: batch norm folded into the convs, weights in ``precision``.
+
+    Same outputs as ``model.eval()`` up to float rounding (exact in fp32 to ~1e-6 relative); the
+    original model is left untouched (training keeps using it). Preparing twice is a no-op.
+    """
+    dtype = DTYPES[precision]
+    device = torch.device(device)
+    if getattr(model, "inference_precision", None) == precision and next(model.parameters()).device == device:
+        return model
+    prepared = TriplanarCNN.__new__(TriplanarCNN)
+    nn.Module.__init__(prepared)
+    prepared.arch = model.arch
+    prepared.conv_stack = _fold_sequence(model.conv_stack)
+    prepared.head = _fold_sequence(model.head)
+    prepared.inference_precision = precision
+    prepared = prepared.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if channels_last:
+        prepared = prepared.to(memory_format=torch.channels_last)
+    return prepared
+
+
+def conv_stack_flops(arch: Architecture, planes: int, height: int, width: int) -> int:
+    """Exact multiply-add FLOPs (2 per MAC) of the conv stack on ``planes`` planes of height x width."""
+    flops, channels = 0, 1
+    for layer in range(1, arch.n_layers + 1):
+        out_h, out_w = height - 2 * layer, width - 2 * layer
+        flops += 2 * channels * arch.n_filters * 9 * planes * max(0, out_h) * max(0, out_w)
+        channels = arch.n_filters
+    return flops
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory: how much a slab may use, and how thick that makes it
+# --------------------------------------------------------------------------------------------------
+
+def fast_cpu_precision() -> str:
+    """bf16 where the CPU multiplies bf16 natively (AVX512-BF16 or AMX flags), else fp32 (bf16 would be emulated)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:  # not Linux: stay on the safe side
+        return "fp32"
+    return "bf16" if "avx512_bf16" in flags or "amx_bf16" in flags else "fp32"
+
+
+def available_memory_bytes(device: torch.device | str = "cpu") -> int:
+    """Memory the device can give now: free GPU memory, or MemAvailable from /proc/meminfo."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:  # other Unixes: free pages; elsewhere assume a modest machine
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def memory_budget(device: torch.device | str = "cpu", options: DenseOptions = DenseOptions()) -> int:
+    """Bytes one slab may use: the option when set, else a share of what is available (capped on CPU)."""
+    if options.memory_budget_bytes:
+        return int(options.memory_budget_bytes)
+    device = torch.device(device)
+    budget = int(AVAILABLE_MEMORY_SHARE * available_memory_bytes(device))
+    if device.type != "cuda":
+        budget = min(budget, CPU_BUDGET_CAP_BYTES)
+    return max(budget, 64 << 20)
+
+
+def _bytes_per_box_voxel(arch: Architecture, itemsize: int) -> int:
+    """Per target voxel of a slab's box: three planes' features, plus the uint8 probabilities."""
+    return 3 * arch.n_filters * itemsize + 4 * arch.num_classes
+
+
+def slab_thickness(shape: Tuple[int, int, int], num_classes: int, options: DenseOptions, n_filters: int = 32,
+                   box_shape: Optional[Tuple[int, int]] = None, device: torch.device | str = "cpu") -> int:
+    """Slab thickness along z that keeps one slab's tensors within the memory budget.
+
+    ``box_shape`` is the (rows, cols) extent of the foreground box (default: whole planes). A slab
+    holds its three planes' features over the box, its uint8 output over whole planes, plus a
+    bounded batch of conv activations and head chunk. Slabs are then evened out so the last one is
+    not a thin remainder (thin slabs waste work on the 25-voxel context).
+    """
+    z, y, x = shape
+    rows, cols = box_shape or (y, x)
+    arch = Architecture(num_classes=num_classes, n_filters=n_filters)
+    itemsize = torch.finfo(DTYPES[options.precision]).bits // 8
+    if not options.fold_batchnorm:
+        itemsize = 4 + itemsize  # autocast keeps fp32 and reduced copies around
+    fixed = 2 * CONV_BATCH_BYTES + HEAD_CHUNK_VOXELS * (3 * n_filters + 2 * 192 + 2 * num_classes) * 4
+    per_plane = _bytes_per_box_voxel(arch, itemsize) * rows * cols + num_classes * y * x
+    per_plane += 2 * 4 * (rows + 2 * arch.halo) * (cols + 2 * arch.halo)  # the input crop
+    budget = memory_budget(device, options)
+    thickness = int(max(1, min(z, (budget - fixed) // max(1, per_plane))))
+    slabs = -(-z // thickness)
+    return -(-z // slabs)
+
+
 def foreground_box(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
     """(y0, y1, x0, x1) bounding the True voxels of a (z, y, x) mask, or None when it is empty."""
     rows = np.flatnonzero(mask.any(axis=(0, 2)))
@@ -113,16 +284,115 @@ def foreground_box(mask: np.ndarray) -> Optional[Tuple[int, int, int, int]]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def slab_thickness(shape: Tuple[int, int, int], num_classes: int, options: DenseOptions, n_filters: int = 32) -> int:
-    """Slab thickness along z that keeps one slab's tensors within the memory budget.
+# --------------------------------------------------------------------------------------------------
+# The fast slab pass
+# --------------------------------------------------------------------------------------------------
 
-    Per target voxel a slab holds three planes' features, their concatenation, the head's two
-    hidden layers (192 channels) and the class scores, in 4-byte floats: about 2.5 KB. Thicker
-    slabs waste less work on the 25-voxel halo of the coronal and sagittal planes.
+def _crop_with_zeros(volume: np.ndarray, box: Box, halo: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The box plus ``halo`` on every side, zeros outside the volume, as a tensor on ``device``.
+
+    Replaces a zero-padded copy of the whole volume: only one slab's input exists at a time.
     """
-    _, y, x = shape
-    bytes_per_voxel = 4 * (6 * n_filters + 2 * 192 + 2 * num_classes)
-    return int(max(1, min(shape[0], options.memory_budget_bytes // max(1, bytes_per_voxel * y * x))))
+    z0, z1, y0, y1, x0, x1 = box
+    out = torch.zeros((z1 - z0 + 2 * halo, y1 - y0 + 2 * halo, x1 - x0 + 2 * halo), dtype=torch.float32)
+    src, dst = [], []
+    for lo, hi, total in ((z0, z1, volume.shape[0]), (y0, y1, volume.shape[1]), (x0, x1, volume.shape[2])):
+        a, b = max(lo - halo, 0), min(hi + halo, total)
+        src.append(slice(a, b))
+        dst.append(slice(a - (lo - halo), b - (lo - halo)))
+    out[tuple(dst)] = torch.from_numpy(np.ascontiguousarray(volume[tuple(src)], dtype=np.float32))
+    return out.to(device=device, dtype=dtype)
+
+
+def _planes_per_batch(options: DenseOptions, arch: Architecture, height: int, width: int, itemsize: int) -> int:
+    if options.planes_per_batch:
+        return options.planes_per_batch
+    return max(1, CONV_BATCH_BYTES // (arch.n_filters * height * width * itemsize))
+
+
+def _features_into(model: TriplanarCNN, planes: torch.Tensor, target: torch.Tensor, batch: int,
+                   channels_last: bool) -> None:
+    """Write conv-stack features of (B, H, W) planes into ``target`` (B, H-2h, W-2h, F), a view."""
+    for start in range(0, planes.shape[0], batch):
+        chunk = planes[start:start + batch, None]
+        if channels_last:
+            chunk = chunk.contiguous(memory_format=torch.channels_last)
+        target[start:start + batch] = model.features(chunk).permute(0, 2, 3, 1)
+
+
+def _head_probabilities(model: TriplanarCNN, features: torch.Tensor) -> torch.Tensor:
+    """uint8 probabilities (N, C) from (N, 3F) features: the 1x1-conv head as matrix products."""
+    x = features
+    layers = list(model.head)
+    for i, layer in enumerate(layers):
+        if isinstance(layer, nn.Conv2d):
+            x = nn.functional.linear(x, layer.weight.flatten(1), layer.bias)
+        else:
+            x = layer(x)
+    return torch.softmax(x.float(), dim=1).mul_(255).round_().to(torch.uint8)
+
+
+def slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: Box, options: DenseOptions,
+                       device: torch.device) -> torch.Tensor:
+    """uint8 probabilities (z, y, x, C) on the CPU for the target voxels in ``box``, by the prepared ``model``."""
+    h, f = model.arch.halo, model.arch.n_filters
+    dtype = next(model.parameters()).dtype
+    z0, z1, y0, y1, x0, x1 = box
+    dz, dy, dx = z1 - z0, y1 - y0, x1 - x0
+    crop = _crop_with_zeros(volume, box, h, dtype, device)
+    features = torch.empty((dz, dy, dx, 3 * f), dtype=dtype, device=device)
+    itemsize = features.element_size()
+    cl = options.channels_last
+    # axial planes (z, y, x); coronal (y, z, x); sagittal (x, z, y): write each into (z, y, x, F)
+    _features_into(model, crop[h:h + dz], features[..., :f],
+                   _planes_per_batch(options, model.arch, dy + 2 * h, dx + 2 * h, itemsize), cl)
+    _features_into(model, crop[:, h:h + dy].permute(1, 0, 2), features[..., f:2 * f].permute(1, 0, 2, 3),
+                   _planes_per_batch(options, model.arch, dz + 2 * h, dx + 2 * h, itemsize), cl)
+    _features_into(model, crop[:, :, h:h + dx].permute(2, 0, 1), features[..., 2 * f:].permute(2, 0, 1, 3),
+                   _planes_per_batch(options, model.arch, dz + 2 * h, dy + 2 * h, itemsize), cl)
+    del crop
+    flat = features.reshape(-1, 3 * f)
+    out = torch.empty((flat.shape[0], model.arch.num_classes), dtype=torch.uint8)
+    for start in range(0, flat.shape[0], HEAD_CHUNK_VOXELS):
+        out[start:start + HEAD_CHUNK_VOXELS] = _head_probabilities(model, flat[start:start + HEAD_CHUNK_VOXELS]).cpu()
+    return out.reshape(dz, dy, dx, -1)
+
+
+def _reference_slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: Box, options: DenseOptions,
+                                  device: torch.device) -> torch.Tensor:
+    """Same as ``slab_probabilities`` on the network as trained (autocast for reduced precision)."""
+    h = model.arch.halo
+    z0, z1, y0, y1, x0, x1 = box
+    crop = _crop_with_zeros(volume, box, h, torch.float32, device)
+    batch = options.planes_per_batch or 64
+    with _autocast(device, options.precision):
+        logits = crops_logits(model, crop[None], batch, options.channels_last)[0]  # (z, C, y, x)
+    probs = torch.softmax(logits.float(), dim=1).mul_(255).round_().to(torch.uint8)
+    return probs.permute(0, 2, 3, 1).cpu()
+
+
+# --------------------------------------------------------------------------------------------------
+# Whole volumes
+# --------------------------------------------------------------------------------------------------
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def _slab_with_retries(compute: Callable[[Box], torch.Tensor], box: Box, device: torch.device) -> torch.Tensor:
+    """Compute a slab; when the device runs out of memory, split it along z and retry the halves."""
+    try:
+        return compute(box)
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        z0, z1 = box[0], box[1]
+        if not _is_out_of_memory(error) or z1 - z0 < 2:
+            raise
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    middle = (z0 + z1) // 2
+    first = _slab_with_retries(compute, (z0, middle) + box[2:], device)
+    second = _slab_with_retries(compute, (middle, z1) + box[2:], device)
+    return torch.cat([first, second], dim=0)
 
 
 def iter_dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Optional[np.ndarray] = None,
@@ -134,18 +404,24 @@ def iter_dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Opti
     ``volume`` is the normalised (Z, Y, X) float image on the canonical grid; ``mask`` marks the
     voxels to classify (default: volume > 0). Voxels outside the mask's per-slab bounding box get
     background (class 0) with probability 1; inside it, every voxel gets the network's softmax.
-    Probabilities leave the device as uint8, so transfers and host memory stay small.
+    Probabilities leave the device as uint8, so transfers and host memory stay small. A slab that
+    runs out of device memory is split and retried.
     """
     device = torch.device(device)
-    model.eval()
     if mask is None:
         mask = volume > 0
+    if options.fold_batchnorm:
+        model = inference_model(model, options.precision, device, options.channels_last)
+        compute_box = slab_probabilities
+    else:
+        model = model.eval()
+        compute_box = _reference_slab_probabilities
     num_classes = model.arch.num_classes
-    thickness = slab_thickness(volume.shape, num_classes, options, model.arch.n_filters)
-    batch = options.planes_per_batch or max(1, thickness)
-    padded = pad_volume(torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32)).to(device), model.arch.halo)
     z_total, y_total, x_total = volume.shape
-    with torch.inference_mode(), _autocast(device, options.precision):
+    whole_box = foreground_box(mask)
+    box_shape = (whole_box[1] - whole_box[0], whole_box[3] - whole_box[2]) if whole_box else (1, 1)
+    thickness = slab_thickness(volume.shape, num_classes, options, model.arch.n_filters, box_shape, device)
+    with torch.inference_mode():
         for z0 in range(0, z_total, thickness):
             check_cancel(cancel)
             z1 = min(z_total, z0 + thickness)
@@ -154,9 +430,9 @@ def iter_dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Opti
             box = foreground_box(mask[z0:z1])
             if box is not None:
                 y0, y1, x0, x1 = box
-                logits = block_logits(model, padded, (z0, z1, y0, y1, x0, x1), batch, options.channels_last)
-                probs = torch.softmax(logits.float(), dim=1).mul_(255).round_().to(torch.uint8)
-                slab[:, :, y0:y1, x0:x1] = probs.permute(1, 0, 2, 3).cpu().numpy()
+                probs = _slab_with_retries(lambda b: compute_box(model, volume, b, options, device),
+                                           (z0, z1, y0, y1, x0, x1), device)
+                slab[:, :, y0:y1, x0:x1] = probs.permute(3, 0, 1, 2).numpy()
             yield z0, z1, slab
             report(progress, z1 / z_total, "Running the network")
 
@@ -165,10 +441,29 @@ def dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Optional[
                         device: torch.device | str = "cpu", options: DenseOptions = DenseOptions(),
                         progress: Optional[ProgressCallback] = None, cancel: Optional[CancelCheck] = None,
                         ) -> np.ndarray:
-    """Whole-volume uint8 probabilities (C, Z, Y, X); see ``iter_dense_probabilities``."""
+    """Whole-volume uint8 probabilities (C, Z, Y, X); see ``iter_dense_probabilities``.
+
+    When a GPU runs out of memory even for one-plane slabs, the pass warns and continues on the CPU.
+    """
     out = np.empty((model.arch.num_classes,) + tuple(volume.shape), dtype=np.uint8)
-    for z0, z1, slab in iter_dense_probabilities(model, volume, mask, device, options, progress, cancel):
-        out[:, z0:z1] = slab
+    device = torch.device(device)
+    done = 0
+    try:
+        for z0, z1, slab in iter_dense_probabilities(model, volume, mask, device, options, progress, cancel):
+            out[:, z0:z1] = slab
+            done = z1
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if device.type != "cuda" or not _is_out_of_memory(error):
+            raise
+        message = ("The GPU ran out of memory even for the thinnest slabs; continuing on the CPU (slower). "
+                   "Close other GPU programs or choose the CPU device to avoid this.")
+        warnings.warn(message, RuntimeWarning)
+        report(progress, done / max(1, volume.shape[0]), message)
+        torch.cuda.empty_cache()
+        cpu_options = replace(options, precision=fast_cpu_precision(), memory_budget_bytes=0,
+                              channels_last=True, fold_batchnorm=True)
+        for z0, z1, slab in iter_dense_probabilities(model, volume, mask, "cpu", cpu_options, progress, cancel):
+            out[:, z0:z1] = slab
     return out
 
 
