@@ -44,7 +44,6 @@ Property test of the physical round trip of to_canonical/from_canonical: test_ge
 from __future__ import annotations
 
 import ast
-import inspect
 import os
 import warnings
 from pathlib import Path
@@ -318,17 +317,12 @@ def test_ctrl_c_during_the_network(capsys, tmp_path, image_files, small_bundle_f
 
 # The OOM fallback is being added to dense.py in parallel (issue 6); until it is committed these two
 # tests are skipped, clearly, rather than failing the suite. Remove the mark once dense.py has it.
-needs_oom_fallback = pytest.mark.skipif("OutOfMemoryError" not in inspect.getsource(dense),
-                                        reason="dense.py does not handle CUDA out-of-memory yet")
-
-
 def _dense_inputs(seed: int = 0):
     model = small_random_bundle(seed).model
     volume = np.random.default_rng(seed).normal(0.5, 1.0, (6, 11, 10)).astype(np.float32)
     return model, volume, volume > 0
 
 
-@needs_oom_fallback
 def test_cuda_out_of_memory_falls_back_to_smaller_slabs(monkeypatch):
     """A slab that runs out of device memory is split and retried until it fits; the result is
     the same as without the fault."""
@@ -349,7 +343,6 @@ def test_cuda_out_of_memory_falls_back_to_smaller_slabs(monkeypatch):
     assert max(thicknesses) > 2 and thicknesses[-1] <= 2
 
 
-@needs_oom_fallback
 def test_cuda_out_of_memory_falls_back_to_the_cpu_with_a_message(monkeypatch):
     """When the GPU runs out of memory even for the thinnest slabs, the pass continues on the CPU,
     warns, and says so through progress; the result matches a CPU run."""
