@@ -95,7 +95,7 @@ def _datasets_by_task(datasets: Sequence[str], needed: Sequence[str]) -> Dict[st
             raise InputError(f"Two datasets for task '{dataset.task}' ({by_task[dataset.task]}, {folder}): "
                              "give one dataset per task.")
         by_task[dataset.task] = str(folder)
-        if dataset.task in needed and not any(c.label_path is not None for c in dataset.test):
+        if dataset.task in needed and not _labelled_test_cases(dataset):
             raise InputError(f"{folder} has no labelled test cases: the experiments report held-out Dice, so put "
                              "test images in imagesTs/ and their labels in labelsTs/.")
     missing = [t for t in needed if t not in by_task]
@@ -103,6 +103,10 @@ def _datasets_by_task(datasets: Sequence[str], needed: Sequence[str]) -> Dict[st
         raise InputError(f"No dataset for task(s) {missing}: give a dataset folder for every task of the experiments "
                          "(or run only experiments without them).")
     return by_task
+
+
+def _labelled_test_cases(dataset) -> int:
+    return sum(c.label_path is not None for c in dataset.test)
 
 
 def _share_cache(run_dir: Path, shared: Path) -> None:
@@ -354,9 +358,10 @@ def render_markdown(results: dict, assets_prefix: str) -> str:
              f"| validation interval (mini-batches per task) | {paper['validate_every']} | {s['validate_every']} |",
              f"| mini-batch | {paper['samples_per_batch']} voxels, split over the tasks | {s['blocks_per_batch']} dense "
              f"blocks of {s['block']}^3 voxels, split over the tasks |"]
-    for task, dataset in results["datasets"].items():
+    for task, folder in results["datasets"].items():
+        dataset = load_dataset(folder)
         lines.append(f"| {task} data (train/test images) | {paper['train_test_images'].get(task, '')} | "
-                     f"`{Path(dataset).name}` |")
+                     f"{len(dataset.training)}/{_labelled_test_cases(dataset)} (`{dataset.name}`) |")
     lines += ["", "A network of k tasks runs k times as many mini-batches of the same size, each holding 1/k of its "
               "blocks from every task, so each task is seen through as many samples as in its task-specific network "
               "(the paper's \"25000 mini-batches per task\"); curves are drawn against mini-batches per task. Learning "
