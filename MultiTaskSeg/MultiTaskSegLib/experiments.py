@@ -205,6 +205,7 @@ def run_experiments(datasets: Sequence[str], out_dir, steps_per_task: int = 1000
     a run stopped early says so in the report, and its steps per task then differ). Training
     folders go under ``out_dir``; the report to ``report_path`` (default ``out_dir/experiments.md``)
     with its figure and JSON in the folder of the same name beside it. Returns the results.
+    Runs in one process (not under torchrun): each experiment is one ``training.train`` call.
     """
     chosen = [experiment(n) for n in (experiments or [e.number for e in EXPERIMENTS])]
     runs = [(e, False) for e in chosen] + ([(experiment(repeat), True)] if repeat is not None else [])
