@@ -323,13 +323,12 @@ def _features_into(model: TriplanarCNN, planes: torch.Tensor, target: torch.Tens
 def _head_probabilities(model: TriplanarCNN, features: torch.Tensor) -> torch.Tensor:
     """uint8 probabilities (N, C) from (N, 3F) features: the 1x1-conv head as matrix products."""
     x = features
-    layers = list(model.head)
-    for i, layer in enumerate(layers):
-        if isinstance(layer, nn.Conv2d):
-            x = nn.functional.linear(x, layer.weight.flatten(1), layer.bias)
-        else:
-            x = layer(x)
-    return torch.softmax(x.float(), dim=1).mul_(255).round_().to(torch.uint8)
+    *hidden, output = list(model.head)
+    for layer in hidden:
+        x = nn.functional.linear(x, layer.weight.flatten(1), layer.bias) if isinstance(layer, nn.Conv2d) else layer(x)
+    # the class scores in fp32 (192 x C, negligible): bf16 logits alone would shift probabilities by ~1%
+    x = nn.functional.linear(x.float(), output.weight.flatten(1).float(), output.bias.float())
+    return torch.softmax(x, dim=1).mul_(255).round_().to(torch.uint8)
 
 
 def slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: Box, options: DenseOptions,
