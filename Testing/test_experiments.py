@@ -164,3 +164,11 @@ def test_a_run_with_other_settings_is_not_resumed(results, tiny_datasets):
     with pytest.raises(OutputError, match="other settings"):
         run_experiments(tiny_datasets, out / "runs", steps_per_task=STEPS_PER_TASK + 1, validate_every=1,
                         blocks_per_batch=6, block=8, n_layers=2, experiments=[2], repeat=None)
+
+
+def test_cli_experiments_refuses_bad_settings_in_one_line(tiny_datasets, tmp_path, capsys):
+    from MultiTaskSegLib.cli import main
+
+    assert main(["experiments", *tiny_datasets, "--work-dir", str(tmp_path), "--blocks-per-batch", "4"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("multitaskseg: error: blocks_per_batch=4") and "multiple of 6" in error
