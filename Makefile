@@ -34,7 +34,4 @@ demo: $(STAMP)
 	$(VENV)/bin/multitaskseg demo $(DEMO_OUT)
 
 bench: $(STAMP)
-	@for script in benchmarks/*.py; do \
-		echo "== $$script"; \
-		$(PY) "$$script" || exit 1; \
-	done
+	$(PY) benchmarks/run_benchmarks.py

@@ -52,6 +52,7 @@ AVAILABLE_MEMORY_SHARE = 0.5
 CPU_BUDGET_CAP_BYTES = 1 << 30
 # Conv activations per batch of planes: big enough to keep oneDNN/cuDNN busy, small enough for caches.
 CONV_BATCH_BYTES = 64 << 20
+GPU_BATCH_FACTOR = 4  # GPUs need more planes in flight to fill their cores
 HEAD_CHUNK_VOXELS = 1 << 16
 
 
@@ -266,7 +267,8 @@ def slab_thickness(shape: Tuple[int, int, int], num_classes: int, options: Dense
     itemsize = torch.finfo(DTYPES[options.precision]).bits // 8
     if not options.fold_batchnorm:
         itemsize = 4 + itemsize  # autocast keeps fp32 and reduced copies around
-    fixed = 2 * CONV_BATCH_BYTES + HEAD_CHUNK_VOXELS * (3 * n_filters + 2 * 192 + 2 * num_classes) * 4
+    conv_batch = CONV_BATCH_BYTES * (GPU_BATCH_FACTOR if torch.device(device).type == "cuda" else 1)
+    fixed = 2 * conv_batch + HEAD_CHUNK_VOXELS * (3 * n_filters + 2 * 192 + 2 * num_classes) * 4
     per_plane = _bytes_per_box_voxel(arch, itemsize) * rows * cols + num_classes * y * x
     per_plane += 2 * 4 * (rows + 2 * arch.halo) * (cols + 2 * arch.halo)  # the input crop
     budget = memory_budget(device, options)
@@ -304,10 +306,12 @@ def _crop_with_zeros(volume: np.ndarray, box: Box, halo: int, dtype: torch.dtype
     return out.to(device=device, dtype=dtype)
 
 
-def _planes_per_batch(options: DenseOptions, arch: Architecture, height: int, width: int, itemsize: int) -> int:
+def _planes_per_batch(options: DenseOptions, arch: Architecture, height: int, width: int, itemsize: int,
+                      device: torch.device) -> int:
     if options.planes_per_batch:
         return options.planes_per_batch
-    return max(1, CONV_BATCH_BYTES // (arch.n_filters * height * width * itemsize))
+    target = CONV_BATCH_BYTES * (GPU_BATCH_FACTOR if device.type == "cuda" else 1)
+    return max(1, target // (arch.n_filters * height * width * itemsize))
 
 
 PlaneGroup = Tuple[int, int, int, int, int, int]  # planes p0:p1, rows r0:r1, cols c0:c1 (target voxels)
@@ -381,14 +385,16 @@ def slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: Box, option
                        device: torch.device) -> torch.Tensor:
     """uint8 probabilities (z, y, x, C) on the CPU for the target voxels in ``box``, by the prepared ``model``.
 
-    With a ``SlabBox`` carrying a mask, only the voxels inside the foreground boxes of their axial,
-    coronal and sagittal plane groups are classified (the mask's voxels always are); the others
+    With a ``SlabBox`` carrying a mask (on CPUs), only the voxels inside the foreground boxes of their
+    axial, coronal and sagittal plane groups are classified (the mask's voxels always are); the others
     get background with probability 1, like everything outside the slab's box.
     """
     h, f = model.arch.halo, model.arch.n_filters
     dtype = next(model.parameters()).dtype
     z0, z1, y0, y1, x0, x1 = box[:6]
-    mask = box.mask if isinstance(box, SlabBox) else None
+    # On GPUs one box per slab: cuDNN autotunes per input shape (benchmark mode), and varying plane-group
+    # boxes would retune for every group; equal slabs repeat the same few shapes.
+    mask = box.mask if isinstance(box, SlabBox) and device.type != "cuda" else None
     dz, dy, dx = z1 - z0, y1 - y0, x1 - x0
     crop = _crop_with_zeros(volume, (z0, z1, y0, y1, x0, x1), h, dtype, device)
     features = torch.zeros((dz, dy, dx, 3 * f), dtype=dtype, device=device)
@@ -397,13 +403,13 @@ def slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: Box, option
     cl = options.channels_last
     # axial planes (z, y, x); coronal (y, z, x); sagittal (x, z, y): each written into (z, y, x, F)
     _features_into(model, crop[h:h + dz], features[..., :f], covered, mask,
-                   _planes_per_batch(options, model.arch, dy + 2 * h, dx + 2 * h, itemsize), cl)
+                   _planes_per_batch(options, model.arch, dy + 2 * h, dx + 2 * h, itemsize, device), cl)
     _features_into(model, crop[:, h:h + dy].permute(1, 0, 2), features[..., f:2 * f].permute(1, 0, 2, 3),
                    covered.permute(1, 0, 2), None if mask is None else mask.transpose(1, 0, 2),
-                   _planes_per_batch(options, model.arch, dz + 2 * h, dx + 2 * h, itemsize), cl)
+                   _planes_per_batch(options, model.arch, dz + 2 * h, dx + 2 * h, itemsize, device), cl)
     _features_into(model, crop[:, :, h:h + dx].permute(2, 0, 1), features[..., 2 * f:].permute(2, 0, 1, 3),
                    covered.permute(2, 0, 1), None if mask is None else mask.transpose(2, 0, 1),
-                   _planes_per_batch(options, model.arch, dz + 2 * h, dy + 2 * h, itemsize), cl)
+                   _planes_per_batch(options, model.arch, dz + 2 * h, dy + 2 * h, itemsize, device), cl)
     del crop
     classified = (covered == 3).reshape(-1)
     selected = features.reshape(-1, 3 * f)[classified]

@@ -1,0 +1,269 @@
+"""Inference speed on a real 1 mm brain: patch formulation vs dense fp32 vs the fastest path.
+
+One run, same weights, same volume (the skull-stripped MNI152 T1, 182 x 218 x 182 at 1 mm):
+
+* (a) the paper's per-voxel patch formulation, timed on a random subset of the brain's voxels and
+  extrapolated to all of them (it would take hours in full): fp32 as in the paper, and with the
+  fast settings (folded BN, bf16, channels-last) for a like-for-like comparison;
+* (b) dense fp32 and (c) the fastest path, end to end from the file: read, resample, normalise,
+  network, back to the input grid, labelmap. Each in its own process, so its peak resident memory
+  (ru_maxrss) is its own; the conv stack's time and exact FLOPs are recorded inside it;
+* the attainable FLOP rate (large bf16 and fp32 matrix products) in the same run, so the conv
+  stack's achieved rate is a fraction of what this machine can do;
+* an ablation on one 12-plane slab of the brain: what each change buys (network only);
+* torch.compile of the conv stack: compile time against time saved.
+
+    .venv/bin/python benchmarks/bench_inference.py [--patch-voxels 128] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (machine_state, matmul_flops_per_second, model_bundle, peak_rss_bytes,  # noqa: E402
+                    run_child, write_result)
+
+from MultiTaskSegLib import dense, pipeline  # noqa: E402
+from MultiTaskSegLib.dense import (DenseOptions, SlabBox, conv_stack_flops, extract_patches,  # noqa: E402
+                                   foreground_box, inference_model, pad_volume, patch_logits)
+
+PATCH_BATCH = 64
+
+END_TO_END = {
+    # the dense formulation at full precision (BN folded, which is exact; channels-last)
+    "dense_fp32": {"precision": "fp32"},
+    # what Segmenter picks by itself on this machine
+    "fastest": {"precision": "auto"},
+}
+
+
+# ---------------------------------------------------------------------------------------------- worker
+
+def instrument_conv_stack(model) -> dict:
+    """Accumulate wall time and exact FLOPs of every conv-stack call of ``model``."""
+    totals = {"seconds": 0.0, "flops": 0}
+    features = model.features
+
+    def timed(planes):
+        start = time.perf_counter()
+        out = features(planes)
+        if out.is_cuda:
+            torch.cuda.synchronize()
+        totals["seconds"] += time.perf_counter() - start
+        totals["flops"] += conv_stack_flops(model.arch, planes.shape[0], planes.shape[2], planes.shape[3])
+        return out
+
+    model.features = timed
+    return totals
+
+
+def worker(args) -> None:
+    """Segment one file end to end with one configuration; print one JSON line."""
+    from MultiTaskSegLib.bundle import load_bundle
+    from MultiTaskSegLib.volume_io import read_volume
+
+    bundle = load_bundle(args.model)
+    segmenter = pipeline.Segmenter(bundle, device=args.device, precision=args.precision)
+    conv = instrument_conv_stack(segmenter.inference_model)
+    network = {"seconds": 0.0}
+    run_dense = pipeline.dense_probabilities
+
+    def timed_dense(*a, **k):
+        start = time.perf_counter()
+        out = run_dense(*a, **k)
+        network["seconds"] += time.perf_counter() - start
+        return out
+
+    pipeline.dense_probabilities = timed_dense
+    start = time.perf_counter()
+    volume = read_volume(args.input)
+    maps = segmenter.predict(volume)
+    labels = maps.labelmap()
+    seconds = time.perf_counter() - start
+    print(json.dumps({
+        "precision": segmenter.precision, "threads": torch.get_num_threads(),
+        "seconds_end_to_end": seconds, "seconds_network": network["seconds"],
+        "seconds_conv_stack": conv["seconds"], "conv_stack_flops": conv["flops"],
+        "voxels": int(labels.size), "peak_rss_bytes": peak_rss_bytes(),
+        "labels_checksum": int(np.bincount(labels.ravel().astype(np.int64)).argmax()),
+    }))
+
+
+# ---------------------------------------------------------------------------------------------- parts
+
+def patch_formulation(model, image: np.ndarray, mask: np.ndarray, n: int, fast: bool, seed: int = 0) -> dict:
+    """Seconds per voxel of the per-voxel formulation on ``n`` random brain voxels."""
+    rng = np.random.default_rng(seed)
+    voxels = np.argwhere(mask)
+    centres = voxels[rng.choice(len(voxels), size=n, replace=False)]
+    if fast:
+        net = inference_model(model, "bf16", "cpu", channels_last=True)
+        padded = pad_volume(torch.from_numpy(image), model.arch.halo)
+
+        def classify(chosen, batch):
+            with torch.inference_mode():
+                for start in range(0, len(chosen), batch):
+                    patches = extract_patches(padded, torch.as_tensor(chosen[start:start + batch]), model.arch.halo)
+                    net(*(p.to(torch.bfloat16).contiguous(memory_format=torch.channels_last) for p in patches))
+    else:
+        def classify(chosen, batch):
+            patch_logits(model.eval(), image, chosen, batch=batch)
+    batch = min(n, PATCH_BATCH)
+    classify(centres[:batch], batch)  # warm-up with the timed batch shape (oneDNN builds kernels per shape)
+    start = time.perf_counter()
+    classify(centres, batch)
+    per_voxel = (time.perf_counter() - start) / n
+    return {"timed_voxels": n, "seconds_per_voxel": per_voxel,
+            "extrapolated_seconds_for_brain": per_voxel * int(mask.sum()),
+            "settings": "folded BN, bf16, channels-last" if fast else "network as trained, fp32"}
+
+
+def ablation(model, image: np.ndarray, mask: np.ndarray, z0: int = 84, z1: int = 96) -> list:
+    """Network time on one slab (planes z0:z1 with their context), one change at a time."""
+    y0, y1, x0, x1 = foreground_box(mask[z0:z1])
+    target_voxels = int(mask[z0:z1].sum())
+    whole = SlabBox(z0, z1, y0, y1, x0, x1)
+    grouped = SlabBox(z0, z1, y0, y1, x0, x1, mask[z0:z1, y0:y1, x0:x1])
+    steps = [
+        ("network as trained, fp32 (BN + ELU per layer)", "reference", whole, DenseOptions("fp32")),
+        ("+ channels-last", "reference", whole, DenseOptions("fp32", channels_last=True)),
+        ("bf16 autocast + channels-last (before this work)", "reference", whole,
+         DenseOptions("bf16", channels_last=True, fold_batchnorm=False)),
+        ("fp32, BN folded into the convs, channels-last", "fast", whole, DenseOptions("fp32", channels_last=True)),
+        ("+ bf16 weights and activations (no autocast)", "fast", whole, DenseOptions("bf16", channels_last=True)),
+        ("+ foreground boxes per plane group", "fast", grouped, DenseOptions("bf16", channels_last=True)),
+    ]
+    rows, baseline = [], None
+    for name, path, box, options in steps:
+        net = inference_model(model, options.precision, "cpu", options.channels_last) if path == "fast" else model.eval()
+        compute = dense.slab_probabilities if path == "fast" else dense._reference_slab_probabilities
+        with torch.inference_mode():
+            start = time.perf_counter()
+            compute(net, image, box, options, torch.device("cpu"))
+            seconds = time.perf_counter() - start
+        baseline = baseline or seconds
+        rows.append({"configuration": name, "seconds": round(seconds, 2), "speedup": round(baseline / seconds, 2),
+                     "target_voxels_per_second": round(target_voxels / seconds)})
+        print(f"  ablation: {name}: {seconds:.1f} s", flush=True)
+    return rows
+
+
+def compile_check(model, planes: int = 8, size: int = 232, repeats: int = 3) -> dict:
+    """Does torch.compile (inductor) speed the bf16 conv stack up, and does the compile time pay off?"""
+    net = inference_model(model, "bf16", "cpu", channels_last=True)
+    x = torch.randn(planes, 1, size, size).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+
+    def best_of(fn):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    with torch.inference_mode():
+        net.features(x)
+        eager = best_of(net.features)
+        try:
+            compiled = torch.compile(net.conv_stack)
+            start = time.perf_counter()
+            compiled(x)
+            compile_seconds = time.perf_counter() - start
+            fast = best_of(compiled)
+        except Exception as error:  # no compiler, unsupported platform: report, do not fail
+            return {"error": f"{type(error).__name__}: {str(error)[:200]}"}
+    return {"planes": planes, "plane_size": size, "eager_seconds": eager, "compiled_seconds": fast,
+            "compile_seconds": compile_seconds, "speedup": eager / fast,
+            "note": "plane-group shapes vary per slab, so each new shape would compile again"}
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--input"), parser.add_argument("--model"), parser.add_argument("--precision")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--patch-voxels", type=int, default=128, help="a multiple of 64")
+    parser.add_argument("--quick", action="store_true", help="skip dense fp32 end to end and torch.compile")
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+
+    from MultiTaskSegLib.brain_data import mni152_brain_case
+    from MultiTaskSegLib.normalization import normalize
+    from MultiTaskSegLib.volume_io import write_volume
+
+    result = {"benchmark": "inference", "machine": machine_state()}
+    print(f"machine: {result['machine']['cpu']}, load {result['machine']['load_average_before']}", flush=True)
+    result["attainable_flops_per_second"] = {
+        "bf16_matmul": matmul_flops_per_second(torch.bfloat16), "fp32_matmul": matmul_flops_per_second(torch.float32)}
+    bundle, model_note = model_bundle()
+    volume, _ = mni152_brain_case()
+    mask = volume.array > 0
+    image = normalize(volume.array, "MR", bundle.normalization)
+    voxels = int(volume.array.size)
+    result.update({"model": model_note, "volume": {"name": "MNI152 T1 1 mm, skull-stripped", "shape": list(mask.shape),
+                                                   "voxels": voxels, "brain_voxels": int(mask.sum())}})
+
+    print("patch formulation ...", flush=True)
+    result["patch"] = {"fp32": patch_formulation(bundle.model, image, mask, args.patch_voxels, fast=False),
+                       "fast_settings": patch_formulation(bundle.model, image, mask, args.patch_voxels, fast=True)}
+    for entry in result["patch"].values():
+        entry["volume_voxels_per_second"] = voxels / entry["extrapolated_seconds_for_brain"]
+
+    print("ablation on one slab ...", flush=True)
+    result["ablation_slab"] = ablation(bundle.model, image, mask)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        image_file, model_file = Path(tmp) / "brain.nii.gz", Path(tmp) / "model.safetensors"
+        write_volume(volume, image_file)
+        bundle.save(model_file)
+        result["end_to_end"] = {}
+        for name, settings in END_TO_END.items():
+            if args.quick and name != "fastest":
+                continue
+            print(f"end to end: {name} ...", flush=True)
+            child = run_child(Path(__file__), ["--worker", "--input", str(image_file), "--model", str(model_file),
+                                               "--precision", settings["precision"], "--device", args.device])
+            child["volume_voxels_per_second"] = voxels / child["seconds_end_to_end"]
+            child["conv_stack_flops_per_second"] = child["conv_stack_flops"] / max(1e-9, child["seconds_conv_stack"])
+            peak_key = "bf16_matmul" if child["precision"] == "bf16" else "fp32_matmul"
+            child["conv_stack_fraction_of_attainable"] = (child["conv_stack_flops_per_second"]
+                                                          / result["attainable_flops_per_second"][peak_key])
+            child["fraction_measured_against"] = peak_key
+            result["end_to_end"][name] = child
+            print(f"  {child['seconds_end_to_end']:.1f} s, {child['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
+
+    if not args.quick:
+        print("torch.compile ...", flush=True)
+        result["torch_compile"] = compile_check(bundle.model)
+
+    fastest = result["end_to_end"]["fastest"]
+    result["summary"] = {
+        "patch_fp32_voxels_per_second": result["patch"]["fp32"]["volume_voxels_per_second"],
+        "dense_fp32_voxels_per_second": result["end_to_end"].get("dense_fp32", {}).get("volume_voxels_per_second"),
+        "fastest_voxels_per_second": fastest["volume_voxels_per_second"],
+        "fastest_over_patch_fp32": fastest["volume_voxels_per_second"]
+        / result["patch"]["fp32"]["volume_voxels_per_second"],
+        "fastest_over_patch_same_settings": fastest["volume_voxels_per_second"]
+        / result["patch"]["fast_settings"]["volume_voxels_per_second"],
+        "fastest_conv_fraction_of_attainable": fastest["conv_stack_fraction_of_attainable"],
+        "brain_end_to_end_seconds": fastest["seconds_end_to_end"],
+    }
+    result["machine"]["load_average_after"] = [round(x, 2) for x in __import__("os").getloadavg()]
+    print(json.dumps(result["summary"], indent=2))
+    print(f"written {write_result('inference', result)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Run every benchmark (``make bench``) and write benchmarks/results/README.md from their JSON.
+
+Each benchmark runs in its own process, one after the other (they would compete for the cores),
+and writes benchmarks/results/<name>.json; the two threshold benchmarks print JSON, kept as is.
+
+    .venv/bin/python benchmarks/run_benchmarks.py [--only inference training] [--table-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+WRITING_JSON = ["inference", "training", "memory"]          # bench_<name>.py writes results/<name>.json
+PRINTING_JSON = ["thresholds", "threshold_update"]          # bench_<name>.py prints one JSON object
+
+
+def run(name: str) -> None:
+    script = HERE / f"bench_{name}.py"
+    print(f"== {script.name}", flush=True)
+    start = time.perf_counter()
+    if name in WRITING_JSON:
+        subprocess.run([sys.executable, str(script)], check=True)
+    else:
+        out = subprocess.run([sys.executable, str(script)], check=True, capture_output=True, text=True).stdout
+        (RESULTS / f"{name}.json").write_text(json.dumps(json.loads(out), indent=2) + "\n")
+    print(f"   {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def load(name: str):
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def gflops(value) -> str:
+    return f"{value / 1e9:.0f}" if value else "-"
+
+
+def table() -> str:
+    inference, training, memory = load("inference"), load("training"), load("memory")
+    lines = ["# Benchmark results", "", "Written by `benchmarks/run_benchmarks.py` (`make bench`) from the JSON files "
+             "beside this one; the JSON has every figure and the machine's state.", ""]
+    if inference:
+        machine = inference["machine"]
+        shared = ("**yes**: " + "; ".join(f"{p['command'][:60]} ({p['cpu_share']:.1f} cores)"
+                                          for p in machine["other_busy_processes"])) if machine["cpu_shared"] else "no"
+        peaks = inference["attainable_flops_per_second"]
+        volume = inference["volume"]
+        lines += [
+            f"Machine: {machine['cpu']}, {machine['physical_cores']} physical cores, torch {machine['torch']}, "
+            f"{machine['torch_threads']} threads, {machine['date_utc']} UTC. GPU: {machine['cuda'] or 'none on this machine, so no GPU figures'}.",
+            f"Other busy processes during the run: {shared}. Load average before: {machine['load_average_before']}.",
+            f"Model: {inference['model']}.",
+            "",
+            f"## Inference: {volume['name']} ({' x '.join(map(str, volume['shape']))} = {volume['voxels']:,} voxels, "
+            f"{volume['brain_voxels']:,} brain voxels)",
+            "",
+            f"Attainable FLOP rate (4096^2 matrix products): bf16 {gflops(peaks['bf16_matmul'])} GFLOP/s, "
+            f"fp32 {gflops(peaks['fp32_matmul'])} GFLOP/s.",
+            "",
+            "| path | whole-volume voxels/s | x patch fp32 | brain, seconds | peak RSS | conv stack GFLOP/s | of attainable |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        base = inference["patch"]["fp32"]["volume_voxels_per_second"]
+        for key, label in (("fp32", "(a) per-voxel patches, fp32 (paper)"), ("fast_settings", "(a') per-voxel patches, bf16 folded")):
+            p = inference["patch"][key]
+            lines.append(f"| {label} ¹ | {p['volume_voxels_per_second']:.1f} | {p['volume_voxels_per_second'] / base:.1f} | "
+                         f"{p['extrapolated_seconds_for_brain']:.0f} | - | - | - |")
+        for key, label in (("dense_fp32", "(b) dense fp32 (BN folded)"), ("fastest", "(c) fastest (Segmenter default)")):
+            e = inference["end_to_end"].get(key)
+            if e:
+                lines.append(f"| {label}, {e['precision']} ² | {e['volume_voxels_per_second']:,.0f} | "
+                             f"{e['volume_voxels_per_second'] / base:,.0f} | {e['seconds_end_to_end']:.1f} | "
+                             f"{e['peak_rss_bytes'] / 2**30:.2f} GiB | {gflops(e['conv_stack_flops_per_second'])} | "
+                             f"{100 * e['conv_stack_fraction_of_attainable']:.0f}% of {e['fraction_measured_against'].split('_')[0]} |")
+        lines += ["",
+                  f"¹ timed on {inference['patch']['fp32']['timed_voxels']} random brain voxels and extrapolated to all "
+                  "brain voxels (only voxels > 0 are classified, as in the dense path).",
+                  "² end to end from the NIfTI file: read, resample, normalise, network, back to the input grid, "
+                  "labelmap; in a fresh process (its ru_maxrss is the peak RSS). Conv-stack FLOPs are counted exactly "
+                  "from the plane shapes; its time includes the ELUs.", ""]
+        lines += ["### What each change buys (network only, one 12-plane slab of the brain)", "",
+                  "| configuration | seconds | speed-up | target voxels/s |", "|---|---|---|---|"]
+        for row in inference["ablation_slab"]:
+            lines.append(f"| {row['configuration']} | {row['seconds']} | {row['speedup']} | {row['target_voxels_per_second']:,} |")
+        compiled = inference.get("torch_compile")
+        if compiled:
+            lines.append("")
+            if "error" in compiled:
+                lines.append(f"torch.compile of the conv stack: failed here ({compiled['error']}).")
+            else:
+                lines.append(f"torch.compile (inductor) of the bf16 conv stack on {compiled['planes']} planes of "
+                             f"{compiled['plane_size']}^2: {compiled['speedup']:.2f}x the eager speed, after "
+                             f"{compiled['compile_seconds']:.0f} s of compiling; {compiled['note']}.")
+        lines.append("")
+    if training:
+        patches, blocks = training["isolated_patches"], training["dense_blocks"]
+        lines += [f"## Training throughput ({training['precision']}, forward + backward + Adam, same loss per sample)", "",
+                  "| formulation | samples per step | seconds per step | voxel-samples/s |", "|---|---|---|---|",
+                  f"| isolated 51x51 triplanar patches (paper's batch) | {patches['samples_per_step']} | "
+                  f"{patches['seconds_per_step']:.2f} | {patches['voxel_samples_per_second']:,.0f} |",
+                  f"| dense blocks ({blocks['blocks']} x {blocks['block']}^3) | {blocks['samples_per_step']} | "
+                  f"{blocks['seconds_per_step']:.2f} | {blocks['voxel_samples_per_second']:,.0f} |",
+                  "", f"Dense blocks: {training['dense_over_patches']:.0f}x the voxel-samples per second.", ""]
+    if memory:
+        seg = memory["segment"]
+        lines += ["## Memory: CTA-sized volume on the CPU", "",
+                  f"{' x '.join(map(str, memory['volume']['shape']))} voxels ({memory['volume']['note']}, "
+                  f"{memory['volume']['dtype']}, {memory['volume']['voxels_above_0']:,} voxels > 0), model: {memory['model']}: "
+                  f"peak RSS **{seg['peak_rss_bytes'] / 2**30:.2f} GiB** ({seg['peak_rss_bytes'] / 1e9:.2f} GB; limit 4 GB: "
+                  f"{'met' if memory['within_limit'] else 'NOT met'}), {seg['seconds']:.0f} s end to end, {seg['precision']}.", ""]
+    thresholds = load("thresholds")
+    if thresholds:
+        lines += ["## Re-thresholding (slider drag)", "", "```json", json.dumps(thresholds, indent=1)[:1500], "```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", choices=WRITING_JSON + PRINTING_JSON)
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    if not args.table_only:
+        start = time.perf_counter()
+        for name in args.only or WRITING_JSON + PRINTING_JSON:
+            run(name)
+        print(f"all benchmarks: {time.perf_counter() - start:.0f} s")
+    (RESULTS / "README.md").write_text(table())
+    print(f"written {RESULTS / 'README.md'}")
+
+
+if __name__ == "__main__":
+    main()
