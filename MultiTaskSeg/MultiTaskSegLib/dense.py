@@ -49,7 +49,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Share of the memory the device reports available that one dense pass may use by default, and a cap
 # on CPU: the pipeline around it holds the volume, its resampled copies and the probabilities too.
 AVAILABLE_MEMORY_SHARE = 0.5
-CPU_BUDGET_CAP_BYTES = 1 << 30
+CPU_BUDGET_CAP_BYTES = 3 << 29  # 1.5 GiB: a 1 mm brain in one slab; a 512^2 x 300 CTA within 4 GB
 # Conv activations per batch of planes: big enough to keep oneDNN/cuDNN busy, small enough for caches.
 CONV_BATCH_BYTES = 64 << 20
 GPU_BATCH_FACTOR = 4  # GPUs need more planes in flight to fill their cores
@@ -248,8 +248,9 @@ def memory_budget(device: torch.device | str = "cpu", options: DenseOptions = De
 
 
 def _bytes_per_box_voxel(arch: Architecture, itemsize: int) -> int:
-    """Per target voxel of a slab's box: three planes' features, plus the uint8 probabilities."""
-    return 3 * arch.n_filters * itemsize + 4 * arch.num_classes
+    """Per target voxel of a slab's box: three planes' features, two uint8 copies of the
+    probabilities (the slab's and its transposed copy), and the coverage count and flag."""
+    return 3 * arch.n_filters * itemsize + 2 * arch.num_classes + 2
 
 
 def slab_thickness(shape: Tuple[int, int, int], num_classes: int, options: DenseOptions, n_filters: int = 32,
@@ -268,7 +269,7 @@ def slab_thickness(shape: Tuple[int, int, int], num_classes: int, options: Dense
     if not options.fold_batchnorm:
         itemsize = 4 + itemsize  # autocast keeps fp32 and reduced copies around
     conv_batch = CONV_BATCH_BYTES * (GPU_BATCH_FACTOR if torch.device(device).type == "cuda" else 1)
-    fixed = 2 * conv_batch + HEAD_CHUNK_VOXELS * (3 * n_filters + 2 * 192 + 2 * num_classes) * 4
+    fixed = 2 * conv_batch + HEAD_CHUNK_VOXELS * ((3 * n_filters + 2 * 192) * itemsize + 3 * num_classes * 4)
     per_plane = _bytes_per_box_voxel(arch, itemsize) * rows * cols + num_classes * y * x
     per_plane += 2 * 4 * (rows + 2 * arch.halo) * (cols + 2 * arch.halo)  # the input crop
     budget = memory_budget(device, options)
@@ -412,15 +413,14 @@ def slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: Box, option
                    _planes_per_batch(options, model.arch, dz + 2 * h, dy + 2 * h, itemsize, device), cl)
     del crop
     classified = (covered == 3).reshape(-1)
-    selected = features.reshape(-1, 3 * f)[classified]
-    del features
+    del covered
+    flat = features.reshape(-1, 3 * f)
     out = torch.zeros((dz * dy * dx, model.arch.num_classes), dtype=torch.uint8)
     out[:, 0] = 255
-    probabilities = torch.empty((selected.shape[0], model.arch.num_classes), dtype=torch.uint8)
-    for start in range(0, selected.shape[0], HEAD_CHUNK_VOXELS):
-        chunk = selected[start:start + HEAD_CHUNK_VOXELS]
-        probabilities[start:start + HEAD_CHUNK_VOXELS] = _head_probabilities(model, chunk).cpu()
-    out[classified.cpu()] = probabilities
+    for start in range(0, flat.shape[0], HEAD_CHUNK_VOXELS):  # chunks: no full-size copy of the features
+        chosen = classified[start:start + HEAD_CHUNK_VOXELS]
+        probabilities = _head_probabilities(model, flat[start:start + HEAD_CHUNK_VOXELS][chosen]).cpu()
+        out[start:start + HEAD_CHUNK_VOXELS][chosen.cpu()] = probabilities
     return out.reshape(dz, dy, dx, -1)
 
 
