@@ -47,11 +47,20 @@ def worker(args) -> None:
     from MultiTaskSegLib.volume_io import read_volume
 
     start = time.perf_counter()
+    stages = {}
+
+    def progress(fraction, stage):
+        stage = "network" if stage.startswith("Running") else stage
+        stages.setdefault(stage, round(time.perf_counter() - start, 1))
+
     segmenter = Segmenter(load_bundle(args.model), device="cpu")
     volume = read_volume(args.input)
-    maps = segmenter.predict(volume)
+    stages["read"] = round(time.perf_counter() - start, 1)
+    maps = segmenter.predict(volume, progress=progress)
     labels = maps.labelmap()
+    stages["labelmap done"] = round(time.perf_counter() - start, 1)
     print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_bytes": peak_rss_bytes(),
+                      "stage_started_at_seconds": stages,
                       "precision": segmenter.precision, "threads": torch.get_num_threads(),
                       "input_dtype": str(volume.array.dtype), "labelled_voxels": int((labels > 0).sum())}))
 

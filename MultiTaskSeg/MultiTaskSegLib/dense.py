@@ -441,6 +441,28 @@ def _reference_slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: 
 # Whole volumes
 # --------------------------------------------------------------------------------------------------
 
+_HEAP_TUNED = []
+
+
+def _return_freed_memory_to_the_system(first: bool = False) -> None:
+    """glibc: serve allocations >= 1 MiB by mmap (freed at once) and trim the heap after each slab.
+
+    Without it, freed head chunks and plane batches stay in glibc's per-thread arenas, so each slab
+    adds a few hundred MB of resident memory that is never used again (measured: 2.44 -> 1.72 GB peak
+    on a 150 x 256 x 256 CT). Elsewhere (macOS, Windows, musl) this does nothing.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        if first and not _HEAP_TUNED:
+            libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+            _HEAP_TUNED.append(True)
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
 
@@ -484,6 +506,7 @@ def iter_dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Opti
     whole_box = foreground_box(mask)
     box_shape = (whole_box[1] - whole_box[0], whole_box[3] - whole_box[2]) if whole_box else (1, 1)
     thickness = slab_thickness(volume.shape, num_classes, options, model.arch.n_filters, box_shape, device)
+    _return_freed_memory_to_the_system(first=True)
     with torch.inference_mode():
         for z0 in range(0, z_total, thickness):
             check_cancel(cancel)
@@ -496,6 +519,8 @@ def iter_dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Opti
                 slab_box = SlabBox(z0, z1, y0, y1, x0, x1, mask[z0:z1, y0:y1, x0:x1])
                 probs = _slab_with_retries(lambda b: compute_box(model, volume, b, options, device), slab_box, device)
                 slab[:, :, y0:y1, x0:x1] = probs.permute(3, 0, 1, 2).numpy()
+                del probs
+                _return_freed_memory_to_the_system()
             yield z0, z1, slab
             report(progress, z1 / z_total, "Running the network")
 
