@@ -133,25 +133,33 @@ def ablation(model, image: np.ndarray, mask: np.ndarray, z0: int = 84, z1: int =
     target_voxels = int(mask[z0:z1].sum())
     whole = SlabBox(z0, z1, y0, y1, x0, x1)
     grouped = SlabBox(z0, z1, y0, y1, x0, x1, mask[z0:z1, y0:y1, x0:x1])
+    # (name, path, box, options, the row it is compared with)
+    reference_fp32 = "network as trained, fp32 (BN + ELU per layer)"
     steps = [
-        ("network as trained, fp32 (BN + ELU per layer)", "reference", whole, DenseOptions("fp32")),
-        ("+ channels-last", "reference", whole, DenseOptions("fp32", channels_last=True)),
-        ("bf16 autocast + channels-last (before this work)", "reference", whole,
-         DenseOptions("bf16", channels_last=True, fold_batchnorm=False)),
-        ("fp32, BN folded into the convs, channels-last", "fast", whole, DenseOptions("fp32", channels_last=True)),
-        ("+ bf16 weights and activations (no autocast)", "fast", whole, DenseOptions("bf16", channels_last=True)),
-        ("+ foreground boxes per plane group", "fast", grouped, DenseOptions("bf16", channels_last=True)),
+        (reference_fp32, "reference", whole, DenseOptions("fp32"), None),
+        ("fp32 + channels-last", "reference", whole, DenseOptions("fp32", channels_last=True), reference_fp32),
+        ("bf16 autocast + channels-last (the path before this work)", "reference", whole,
+         DenseOptions("bf16", channels_last=True, fold_batchnorm=False), "fp32 + channels-last"),
+        ("fp32, BN folded into the convs, channels-last", "fast", whole, DenseOptions("fp32", channels_last=True),
+         "fp32 + channels-last"),
+        ("bf16 weights and activations, BN folded, channels-last", "fast", whole,
+         DenseOptions("bf16", channels_last=True), "bf16 autocast + channels-last (the path before this work)"),
+        ("+ foreground boxes per plane group (the fastest path)", "fast", grouped, DenseOptions("bf16", channels_last=True),
+         "bf16 weights and activations, BN folded, channels-last"),
     ]
-    rows, baseline = [], None
-    for name, path, box, options in steps:
+    rows, seconds_of = [], {}
+    for name, path, box, options, against in steps:
         net = inference_model(model, options.precision, "cpu", options.channels_last) if path == "fast" else model.eval()
         compute = dense.slab_probabilities if path == "fast" else dense._reference_slab_probabilities
         with torch.inference_mode():
             start = time.perf_counter()
             compute(net, image, box, options, torch.device("cpu"))
             seconds = time.perf_counter() - start
-        baseline = baseline or seconds
-        rows.append({"configuration": name, "seconds": round(seconds, 2), "speedup": round(baseline / seconds, 2),
+        seconds_of[name] = seconds
+        rows.append({"configuration": name, "seconds": round(seconds, 2),
+                     "speedup_over_reference_fp32": round(seconds_of[reference_fp32] / seconds, 2),
+                     "compared_with": against,
+                     "gain_over_compared": round(seconds_of[against] / seconds, 2) if against else None,
                      "target_voxels_per_second": round(target_voxels / seconds)})
         print(f"  ablation: {name}: {seconds:.1f} s", flush=True)
     return rows
@@ -195,6 +203,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--patch-voxels", type=int, default=128, help="a multiple of 64")
     parser.add_argument("--quick", action="store_true", help="skip dense fp32 end to end and torch.compile")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a small crop of the brain, to check the script (writes inference_smoke.json)")
     args = parser.parse_args()
     if args.worker:
         return worker(args)
@@ -209,6 +219,9 @@ def main() -> None:
         "bf16_matmul": matmul_flops_per_second(torch.bfloat16), "fp32_matmul": matmul_flops_per_second(torch.float32)}
     bundle, model_note = model_bundle()
     volume, _ = mni152_brain_case()
+    if args.smoke:
+        volume = volume.with_array(np.ascontiguousarray(volume.array[80:92, 80:140, 60:120]))
+        args.patch_voxels = 64
     mask = volume.array > 0
     image = normalize(volume.array, "MR", bundle.normalization)
     voxels = int(volume.array.size)
@@ -222,7 +235,7 @@ def main() -> None:
         entry["volume_voxels_per_second"] = voxels / entry["extrapolated_seconds_for_brain"]
 
     print("ablation on one slab ...", flush=True)
-    result["ablation_slab"] = ablation(bundle.model, image, mask)
+    result["ablation_slab"] = ablation(bundle.model, image, mask, *((4, 8) if args.smoke else ()))
 
     with tempfile.TemporaryDirectory() as tmp:
         image_file, model_file = Path(tmp) / "brain.nii.gz", Path(tmp) / "model.safetensors"
@@ -246,7 +259,7 @@ def main() -> None:
 
     if not args.quick:
         print("torch.compile ...", flush=True)
-        result["torch_compile"] = compile_check(bundle.model)
+        result["torch_compile"] = compile_check(bundle.model, *((1, 60) if args.smoke else ()))
 
     fastest = result["end_to_end"]["fastest"]
     result["summary"] = {
@@ -262,7 +275,7 @@ def main() -> None:
     }
     result["machine"]["load_average_after"] = [round(x, 2) for x in __import__("os").getloadavg()]
     print(json.dumps(result["summary"], indent=2))
-    print(f"written {write_result('inference', result)}")
+    print(f"written {write_result('inference_smoke' if args.smoke else 'inference', result)}")
 
 
 if __name__ == "__main__":
