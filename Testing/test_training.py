@@ -154,3 +154,16 @@ def test_deformation_moves_image_and_labels_together():
     inside = moved_labels == 7
     assert moved_image[inside].mean() > 0.9 and moved_image[~inside].mean() < 0.05
     assert 0.7 < inside.sum() / (labels == 7).sum() < 1.4  # scaling by at most 10% per axis
+
+
+def test_validation_blocks_cover_every_class_of_the_task():
+    from MultiTaskSegLib.sampling import validation_blocks
+
+    labels = np.zeros((30, 30, 30), dtype=np.uint8)
+    labels[2:4, 2:4, 2:4] = 5   # a tiny class far from the others
+    labels[20:28, 20:28, 20:28] = 1
+    image = np.ones(labels.shape, dtype=np.float32)
+    case = PreparedCase("c", "brain", image, labels, image > 0, 1.0)
+    blocks = validation_blocks({"brain": [case]}, {"brain": [1, 5, 6]}, block=4, halo=2)["brain"]
+    assert blocks.crops.shape == (2, 8, 8, 8)  # class 6 is absent from the case: no block for it
+    assert {int(blocks.labels[i].max()) for i in range(2)} == {1, 5}

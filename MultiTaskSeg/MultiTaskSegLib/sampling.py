@@ -156,14 +156,25 @@ def balanced_weights(labels: torch.Tensor, mask: torch.Tensor, tasks: Sequence[s
 
 
 def validation_blocks(cases_by_task: Mapping[str, Sequence[PreparedCase]], task_classes: Mapping[str, Sequence[int]],
-                      block: int, halo: int, per_case: int = 2, seed: int = 1234,
-                      max_cases: Optional[int] = 2) -> Dict[str, Batch]:
-    """A fixed set of un-augmented blocks per task for cheap periodic validation."""
+                      block: int, halo: int, seed: int = 1234, max_cases: Optional[int] = 2) -> Dict[str, Batch]:
+    """Fixed, un-augmented blocks for cheap periodic validation: in each of the first ``max_cases``
+    cases of a task, one block centred on a voxel of each of the task's classes, so that every
+    class, however small, is in the pooled Dice."""
     rng = np.random.default_rng(seed)
     out = {}
     for task, cases in cases_by_task.items():
-        chosen = list(cases)[:max_cases] if max_cases else list(cases)
-        batch = sample_batch({task: chosen}, task_classes, {}, per_case * len(chosen), block, halo, rng,
-                             augmentation=False)
-        out[task] = batch
+        crops, labels, masks = [], [], []
+        for case in list(cases)[:max_cases] if max_cases else cases:
+            for c in task_classes[task]:
+                voxels = case.class_voxels(c)
+                if voxels.size == 0:
+                    continue
+                centre = np.array(np.unravel_index(voxels[rng.integers(voxels.size)], case.labels.shape))
+                start = centre - block // 2
+                crops.append(crop_with_zeros(case.image, start - halo, (block + 2 * halo,) * 3))
+                labels.append(crop_with_zeros(case.labels, start, (block,) * 3))
+                masks.append(crop_with_zeros(case.mask, start, (block,) * 3))
+        if crops:
+            out[task] = Batch(torch.from_numpy(np.stack(crops)), torch.from_numpy(np.stack(labels).astype(np.int64)),
+                              torch.from_numpy(np.stack(masks)), [task] * len(crops))
     return out
