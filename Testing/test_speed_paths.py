@@ -1,10 +1,11 @@
 """The fast inference paths compute the same segmentation as the reference.
 
 * Folding eval batch norm into the convs is exact up to fp32 rounding.
-* The fastest CPU path (folded BN, bf16 weights and activations, channels-last) gives the same
-  label as fp32 on >= 99.9% of voxels of a real 1 mm brain region, with probabilities within a
-  stated tolerance. Stated tolerance: uint8 probabilities (255 = 1) differ by at most 8 on 99% of
-  voxels and by at most 64 anywhere.
+* The fastest CPU path (folded BN, bf16 weights and activations after an fp32 first layer,
+  channels-last) gives the same label as fp32 on >= 99.9% of the brain voxels of a real 1 mm
+  brain region, and on every voxel whose fp32 decision is not a tie at the storage resolution
+  (top two uint8 probabilities 2 or more apart). Stated tolerance: uint8 probabilities
+  (255 = 1) differ by at most 2 on 99% of voxels and by at most 8 anywhere.
 * Slabs are independent: any memory budget (slab thickness) gives identical fp32 output.
 No timing is asserted here; speed is measured in benchmarks/.
 """
@@ -22,6 +23,7 @@ from MultiTaskSegLib.bundle import load_bundle, make_random_bundle
 from MultiTaskSegLib.dense import (DenseOptions, conv_stack_flops, dense_logits, dense_probabilities,
                                    inference_model, memory_budget, slab_thickness)
 from MultiTaskSegLib.model import Architecture
+from MultiTaskSegLib.normalization import normalize
 from MultiTaskSegLib.pipeline import default_precision, physical_core_count
 
 from conftest import small_random_bundle
@@ -43,10 +45,8 @@ def brain_region():
         volume, labels = brain_data.mni152_brain_case()
     except Exception as error:  # the template package missing: nothing real to test on
         pytest.skip(f"MNI152 template not available: {error}")
-    array = volume.array
-    scale = np.percentile(array[array > 0], 99)
     region = (slice(84, 100), slice(100, 140), slice(20, 60))
-    image = np.ascontiguousarray(array[region] / scale, dtype=np.float32)
+    image = np.ascontiguousarray(normalize(volume.array, "MR")[region])
     assert (image > 0).mean() > 0.5, "the region should be mostly brain"
     return image, labels[region]
 
@@ -81,7 +81,8 @@ def test_preparing_leaves_the_trained_model_alone_and_is_idempotent():
     model = make_random_bundle(seed=2).model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     prepared = inference_model(model, "bf16", "cpu")
-    assert next(prepared.parameters()).dtype == torch.bfloat16
+    assert prepared.head[0].weight.dtype == torch.bfloat16
+    assert prepared.conv_stack[0].conv.weight.dtype == torch.float32  # the input layer stays exact
     assert inference_model(prepared, "bf16", "cpu") is prepared
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -100,14 +101,14 @@ def test_fast_fp32_path_equals_the_reference_path_at_borders():
     assert np.array_equal(softmax_uint8(dense_logits(model, volume)).argmax(0), fast.argmax(0))
 
 
-@pytest.mark.parametrize("budget_mb", [80, 200])
-def test_slab_thickness_does_not_change_the_result(budget_mb):
+@pytest.mark.parametrize("thickness", [1, 4])
+def test_slab_thickness_does_not_change_the_result(thickness, monkeypatch):
     model = small_random_bundle(seed=5).model
     volume = np.random.default_rng(2).normal(0.5, 0.5, (9, 8, 6)).astype(np.float32)
-    thin = DenseOptions(memory_budget_bytes=budget_mb << 20)
-    assert slab_thickness(volume.shape, 9, DenseOptions(memory_budget_bytes=300 << 20), box_shape=(8, 6)) == 9
-    whole = dense_probabilities(model, volume, None, "cpu", DenseOptions(memory_budget_bytes=300 << 20))
-    np.testing.assert_array_equal(dense_probabilities(model, volume, None, "cpu", thin), whole)
+    assert slab_thickness(volume.shape, 9, DenseOptions(memory_budget_bytes=1 << 30), box_shape=(8, 6)) == 9
+    whole = dense_probabilities(model, volume, None, "cpu", DenseOptions(memory_budget_bytes=1 << 30))
+    monkeypatch.setattr(dense, "slab_thickness", lambda *args, **kwargs: thickness)
+    np.testing.assert_array_equal(dense_probabilities(model, volume, None, "cpu", DenseOptions()), whole)
 
 
 def test_bf16_fast_path_agrees_with_fp32_on_a_real_brain_region(trained_model, brain_region):
@@ -119,9 +120,12 @@ def test_bf16_fast_path_agrees_with_fp32_on_a_real_brain_region(trained_model, b
     labels_fp32, labels_fast = fp32.argmax(0)[mask], fast.argmax(0)[mask]
     assert len(np.unique(labels_fp32)) >= 2, "a constant output would make agreement meaningless"
     assert (labels_fp32 == labels_fast).mean() >= 0.999
+    top_two = np.sort(fp32.astype(int), axis=0)[-2:, mask]
+    decided = top_two[1] - top_two[0] >= 2
+    assert np.array_equal(labels_fp32[decided], labels_fast[decided])
     difference = np.abs(fp32.astype(int) - fast.astype(int)).max(axis=0)[mask]
-    assert np.percentile(difference, 99) <= 8
-    assert difference.max() <= 64
+    assert np.percentile(difference, 99) <= 2
+    assert difference.max() <= 8
 
 
 def test_slab_thickness_follows_the_memory_budget():

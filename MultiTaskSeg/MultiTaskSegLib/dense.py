@@ -31,6 +31,7 @@ reference the dense path is tested against, and the baseline of the benchmarks.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import warnings
 from dataclasses import dataclass, replace
@@ -163,6 +164,8 @@ def _fold_sequence(layers: nn.Sequential) -> nn.Sequential:
         if isinstance(module, nn.Conv2d):
             following = modules[i + 1] if i + 1 < len(modules) else None
             out.append(_folded_conv(module, following if isinstance(following, nn.BatchNorm2d) else None))
+        elif isinstance(module, FullPrecisionInput):  # re-preparing a prepared model (e.g. GPU -> CPU)
+            out.append(_folded_conv(module.conv, None))
         elif isinstance(module, nn.ELU):
             out.append(nn.ELU(alpha=module.alpha, inplace=True))
         elif not isinstance(module, (nn.BatchNorm2d, nn.Dropout)):
@@ -187,10 +190,31 @@ def inference_model(model: TriplanarCNN, precision: str = "fp32", device: torch.
     prepared.conv_stack = _fold_sequence(model.conv_stack)
     prepared.head = _fold_sequence(model.head)
     prepared.inference_precision = precision
+    first = copy.deepcopy(prepared.conv_stack[0])  # fp32 fold, kept exact (see FullPrecisionInput)
     prepared = prepared.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if dtype != torch.float32:
+        prepared.conv_stack[0] = FullPrecisionInput(first.to(device).requires_grad_(False), dtype)
     if channels_last:
         prepared = prepared.to(memory_format=torch.channels_last)
     return prepared
+
+
+class FullPrecisionInput(nn.Module):
+    """The first convolution in fp32, its output in the compute dtype.
+
+    Rounding the input image to bf16 (8 significant bits) and multiplying by the first layer's
+    large folded weights is what moves reduced-precision outputs away from fp32; measured on a
+    trained model: labels agree on 97.6% of brain voxels with a bf16 first layer, 99.9% with an fp32
+    one. With one input channel the layer costs 1/32 of any other, so keeping it exact is cheap.
+    """
+
+    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype):
+        super().__init__()
+        self.conv = conv
+        self.dtype = dtype
+
+    def forward(self, planes: torch.Tensor) -> torch.Tensor:
+        return self.conv(planes.float()).to(self.dtype)
 
 
 def conv_stack_flops(arch: Architecture, planes: int, height: int, width: int) -> int:
@@ -269,7 +293,7 @@ def slab_thickness(shape: Tuple[int, int, int], num_classes: int, options: Dense
     if not options.fold_batchnorm:
         itemsize = 4 + itemsize  # autocast keeps fp32 and reduced copies around
     conv_batch = CONV_BATCH_BYTES * (GPU_BATCH_FACTOR if torch.device(device).type == "cuda" else 1)
-    fixed = 2 * conv_batch + HEAD_CHUNK_VOXELS * ((3 * n_filters + 2 * 192) * itemsize + 3 * num_classes * 4)
+    fixed = 3 * conv_batch + HEAD_CHUNK_VOXELS * ((3 * n_filters + 2 * 192) * itemsize + 3 * num_classes * 4)
     per_plane = _bytes_per_box_voxel(arch, itemsize) * rows * cols + num_classes * y * x
     per_plane += 2 * 4 * (rows + 2 * arch.halo) * (cols + 2 * arch.halo)  # the input crop
     budget = memory_budget(device, options)
@@ -391,13 +415,13 @@ def slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: Box, option
     get background with probability 1, like everything outside the slab's box.
     """
     h, f = model.arch.halo, model.arch.n_filters
-    dtype = next(model.parameters()).dtype
+    dtype = model.head[0].weight.dtype  # the features' dtype; the input stays fp32 (FullPrecisionInput)
     z0, z1, y0, y1, x0, x1 = box[:6]
     # On GPUs one box per slab: cuDNN autotunes per input shape (benchmark mode), and varying plane-group
     # boxes would retune for every group; equal slabs repeat the same few shapes.
     mask = box.mask if isinstance(box, SlabBox) and device.type != "cuda" else None
     dz, dy, dx = z1 - z0, y1 - y0, x1 - x0
-    crop = _crop_with_zeros(volume, (z0, z1, y0, y1, x0, x1), h, dtype, device)
+    crop = _crop_with_zeros(volume, (z0, z1, y0, y1, x0, x1), h, torch.float32, device)
     features = torch.zeros((dz, dy, dx, 3 * f), dtype=dtype, device=device)
     covered = torch.zeros((dz, dy, dx), dtype=torch.uint8, device=device)
     itemsize = features.element_size()
