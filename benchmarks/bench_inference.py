@@ -113,7 +113,7 @@ def patch_formulation(model, image: np.ndarray, mask: np.ndarray, n: int, fast: 
             with torch.inference_mode():
                 for start in range(0, len(chosen), batch):
                     patches = extract_patches(padded, torch.as_tensor(chosen[start:start + batch]), model.arch.halo)
-                    net(*(p.to(torch.bfloat16).contiguous(memory_format=torch.channels_last) for p in patches))
+                    net(*(p.contiguous(memory_format=torch.channels_last) for p in patches))  # fp32 in: FullPrecisionInput
     else:
         def classify(chosen, batch):
             patch_logits(model.eval(), image, chosen, batch=batch)
