@@ -99,6 +99,7 @@ class ModelBundle:
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(self.metadata)})
+            os.chmod(tmp, 0o644)  # the writer creates it owner-only; a model is for others to read too
             os.replace(tmp, path)
         finally:
             if tmp.exists():
