@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (machine_state, matmul_flops_per_second, model_bundle, peak_rss_bytes,  # noqa: E402
+from common import (busy_processes, machine_state, matmul_flops_per_second, model_bundle, peak_rss_bytes,  # noqa: E402
                     run_child, write_result)
 
 from MultiTaskSegLib import dense, pipeline  # noqa: E402
@@ -246,8 +247,10 @@ def main() -> None:
             if args.quick and name != "fastest":
                 continue
             print(f"end to end: {name} ...", flush=True)
+            load_before = os.getloadavg()[0]
             child = run_child(Path(__file__), ["--worker", "--input", str(image_file), "--model", str(model_file),
                                                "--precision", settings["precision"], "--device", args.device])
+            child["load_average_1min_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
             child["volume_voxels_per_second"] = voxels / child["seconds_end_to_end"]
             child["conv_stack_flops_per_second"] = child["conv_stack_flops"] / max(1e-9, child["seconds_conv_stack"])
             peak_key = "bf16_matmul" if child["precision"] == "bf16" else "fp32_matmul"
@@ -273,7 +276,10 @@ def main() -> None:
         "fastest_conv_fraction_of_attainable": fastest["conv_stack_fraction_of_attainable"],
         "brain_end_to_end_seconds": fastest["seconds_end_to_end"],
     }
-    result["machine"]["load_average_after"] = [round(x, 2) for x in __import__("os").getloadavg()]
+    result["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["machine"]["other_busy_processes_after"] = busy_processes()
+    result["machine"]["cpu_shared"] = bool(result["machine"]["other_busy_processes"]
+                                          or result["machine"]["other_busy_processes_after"])
     print(json.dumps(result["summary"], indent=2))
     print(f"written {write_result('inference_smoke' if args.smoke else 'inference', result)}")
 

@@ -52,14 +52,16 @@ def table() -> str:
              "beside this one; the JSON has every figure and the machine's state.", ""]
     if inference:
         machine = inference["machine"]
-        shared = ("**yes**: " + "; ".join(f"{p['command'][:60]} ({p['cpu_share']:.1f} cores)"
-                                          for p in machine["other_busy_processes"])) if machine["cpu_shared"] else "no"
+        others = machine["other_busy_processes"] + machine.get("other_busy_processes_after", [])
+        shared = ("**yes** (sampled at start and end): " + "; ".join(
+            sorted({f"{p['command'][:60]} ({p['cpu_share']:.1f} cores)" for p in others}))) if machine["cpu_shared"] else "no"
         peaks = inference["attainable_flops_per_second"]
         volume = inference["volume"]
         lines += [
             f"Machine: {machine['cpu']}, {machine['physical_cores']} physical cores, torch {machine['torch']}, "
             f"{machine['torch_threads']} threads, {machine['date_utc']} UTC. GPU: {machine['cuda'] or 'none on this machine, so no GPU figures'}.",
-            f"Other busy processes during the run: {shared}. Load average before: {machine['load_average_before']}.",
+            f"Other busy processes during the inference run: {shared}. Load average before: "
+            f"{machine['load_average_before']}, after: {machine.get('load_average_after')}.",
             f"Model: {inference['model']}.",
             "",
             f"## Inference: {volume['name']} ({' x '.join(map(str, volume['shape']))} = {volume['voxels']:,} voxels, "

@@ -349,8 +349,8 @@ def _plane_groups(mask: Optional[np.ndarray], shape: Tuple[int, int, int], group
     boxes per few planes skip about a third of the work on round anatomy, yet keep planes batched.
     """
     planes, rows, cols = shape
-    if mask is None:
-        return [(0, planes, 0, rows, 0, cols)]
+    if mask is None:  # the whole box, still in batches of ``group`` planes (bounded activations)
+        return [(p0, min(planes, p0 + group), 0, rows, 0, cols) for p0 in range(0, planes, group)]
     groups = []
     for p0 in range(0, planes, group):
         box = foreground_box(mask[p0:p0 + group])
