@@ -46,6 +46,7 @@ def run_demo(out_dir: Path, model: Optional[str] = None, device: str = "auto",
     from .overlays import save_overlay
 
     out_dir = Path(out_dir)
+    (out_dir / "inputs").mkdir(parents=True, exist_ok=True)
     bundle = load_bundle(model)
     segmenter = Segmenter(bundle, device=device)
     results = []
@@ -53,12 +54,14 @@ def run_demo(out_dir: Path, model: Optional[str] = None, device: str = "auto",
     for number, (name, task, make_case) in enumerate(cases):
         step = sub_progress(progress, number / len(cases), (number + 1) / len(cases))
         report(step, 0.0, f"{name}: preparing the input")
-        image, reference = make_case()
+        image, task_labels = make_case()
+        task_classes = [c.index for c in bundle.classes if c.task == task]
+        # the cases label their task's classes 1..n in the task's order; the model numbers them its own way
+        reference = np.array([0] + task_classes, dtype=np.uint8)[task_labels]
         input_path = write_volume(image, out_dir / "inputs" / f"{name}.nii.gz", overwrite=True)
         volume = read_volume(input_path)
         maps = segmenter.predict(volume, progress=sub_progress(step, 0.05, 0.9))
         labels = maps.labelmap()
-        task_classes = [c.index for c in bundle.classes if c.task == task]
         outputs = {
             "labelmap": write_labelmap(labels, volume, out_dir / f"{name}-labels.nii.gz", overwrite=True),
             "segmentation": write_segmentation_nrrd(labels, volume, out_dir / f"{name}.seg.nrrd",
