@@ -24,18 +24,12 @@ from typing import Dict, Tuple
 
 import numpy as np
 
+from .datasets import TASK_CLASS_NAMES
 from .errors import InputError
 from .geometry import Volume
 
-BRAIN_CLASSES = (
-    "background",
-    "white matter",
-    "cortical grey matter",
-    "basal ganglia and thalami",
-    "ventricular cerebrospinal fluid",
-    "cerebellum",
-    "brain stem",
-)
+# Label values 0..6 of the brain dataset: the brain task's classes in the default bundle's order.
+BRAIN_CLASSES = ("background",) + TASK_CLASS_NAMES["brain"]
 
 # FreeSurfer aseg/aparc codes per class (index into BRAIN_CLASSES). Codes the atlas has but
 # these omit stay background: hippocampus 17/53, amygdala 18/54, ventral diencephalon 28/60,

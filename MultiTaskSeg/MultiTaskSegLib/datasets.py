@@ -35,6 +35,7 @@ import numpy as np
 
 from .errors import InputError, OutputError
 from .progress import CancelCheck, ProgressCallback, check_cancel, report
+from .terminology import DEFAULT_TASKS
 
 if TYPE_CHECKING:
     from .geometry import Volume
@@ -46,18 +47,7 @@ DATASET_NAME_PATTERN = re.compile(r"^Dataset\d{3}_[A-Za-z0-9_\-]+$")
 
 # The foreground classes of each task of the default bundle; used to infer a dataset's task
 # from its label names when dataset.json does not say it.
-TASK_CLASS_NAMES: Dict[str, Tuple[str, ...]] = {
-    "brain": (
-        "white matter",
-        "cortical grey matter",
-        "basal ganglia and thalami",
-        "ventricular cerebrospinal fluid",
-        "cerebellum",
-        "brain stem",
-    ),
-    "breast": ("pectoral muscle",),
-    "coronary": ("coronary arteries",),
-}
+TASK_CLASS_NAMES: Dict[str, Tuple[str, ...]] = {task.name: task.classes for task in DEFAULT_TASKS}
 TASK_MODALITY = {"brain": "MR", "breast": "MR", "coronary": "CT"}
 
 
