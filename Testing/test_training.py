@@ -134,7 +134,8 @@ def test_torchrun_with_two_cpu_processes(tiny_datasets, tmp_path):
                "--work-dir", str(work), "--steps", "2", "--block", "6", "--blocks-per-task", "1",
                "--layers", "2", "--device", "cpu", "--precision", "fp32", "--no-evaluation"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", errors="replace",
+                            timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     bundle = load_bundle(work / "model.safetensors")
     assert bundle.provenance["training"]["processes"] == 2
