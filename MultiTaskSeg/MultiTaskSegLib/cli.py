@@ -1,5 +1,5 @@
-"""The ``multitaskseg`` command: segment images in batch, show a model bundle, build training data,
-run the paper's seven experiments.
+"""The ``multitaskseg`` command: segment images in batch, show a model bundle, build training data;
+the model-side commands (train, evaluate, experiments, demo) are in cli_training.py.
 
 Each subcommand is a pair of small functions, ``_add_<name>(subparsers)`` that declares its
 arguments and ``_run_<name>(args) -> int`` that runs it; ``SUBCOMMANDS`` lists the ``_add_``
@@ -400,65 +400,7 @@ def _run_make_data(args) -> int:
     return EXIT_OK
 
 
-# ---------------------------------------------------------------------------------------------
-# experiments
-
-
-def _add_experiments(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "experiments", help="the paper's seven training experiments (3.2, Figs. 1-2) and their report",
-        description="Train the same network on every combination of the three tasks with the same number of "
-                    "mini-batches per task (paper 3.2, 4), plus a repeat of one experiment, and write learning "
-                    "curves, the held-out Dice table, the alien-class rate and the run-to-run variation "
-                    "(Markdown, JSON, PNG). Re-running the same command reuses finished experiments.")
-    parser.add_argument("datasets", nargs="+", metavar="DATASET",
-                        help="one nnU-Net dataset folder per task, with labelled test cases")
-    parser.add_argument("--work-dir", required=True, help="one training folder per experiment")
-    parser.add_argument("-o", "--report", help="Markdown report (default WORK_DIR/experiments.md); its figure "
-                                               "and JSON go to the folder of the same name beside it")
-    parser.add_argument("--steps-per-task", type=int, default=1000, help="mini-batches per task (paper: 25000)")
-    parser.add_argument("--validate-every", type=int, default=100,
-                        help="validation interval in mini-batches per task (paper: 1000)")
-    parser.add_argument("--blocks-per-batch", type=int, default=6,
-                        help="dense blocks per mini-batch, split evenly over the tasks (a multiple of 6; default 6)")
-    parser.add_argument("--block", type=int, default=16, help="side of a dense block in voxels (default 16)")
-    parser.add_argument("--layers", type=int, default=25, help="conv layers (paper: 25)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--experiments", type=int, nargs="+", choices=range(1, 8), metavar="N",
-                        help="run only these experiments (default: 1 to 7)")
-    parser.add_argument("--repeat", type=int, default=1, choices=range(0, 8), metavar="N",
-                        help="experiment to train a second time with another seed (0: none; default 1, as the paper)")
-    parser.add_argument("--minutes-per-task", type=float, metavar="MINUTES",
-                        help="stop each run after this many minutes per task (a guard for a time budget)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    parser.add_argument("--no-augmentation", action="store_true")
-    parser.set_defaults(run=_run_experiments)
-
-
-def _run_experiments(args) -> int:
-    from tqdm import tqdm
-
-    from .experiments import conclusions, run_experiments
-
-    report = Path(args.report) if args.report else Path(args.work_dir) / "experiments.md"
-    with tqdm(total=1.0, file=sys.stderr, dynamic_ncols=True,
-              bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]") as bar:
-        results = run_experiments(
-            args.datasets, args.work_dir, steps_per_task=args.steps_per_task, validate_every=args.validate_every,
-            blocks_per_batch=args.blocks_per_batch, block=args.block, n_layers=args.layers, learning_rate=args.lr,
-            seed=args.seed, device=args.device, precision=args.precision, augmentation=not args.no_augmentation,
-            minutes_per_task=args.minutes_per_task, experiments=args.experiments, repeat=args.repeat or None,
-            report_path=report, progress=_bar_progress(bar, 0, "experiments"))
-    print(f"wrote {report} (figure and JSON in {report.with_suffix('')})")
-    for line in conclusions(results):
-        print(f"- {line}")
-    return EXIT_OK
-
-
-SUBCOMMANDS: Tuple[Callable, ...] = (_add_info, _add_segment, _add_make_data, _add_experiments) + \
-    cli_training.SUBCOMMANDS
+SUBCOMMANDS: Tuple[Callable, ...] = (_add_info, _add_segment, _add_make_data) + cli_training.SUBCOMMANDS
 
 
 if __name__ == "__main__":  # python -m MultiTaskSegLib.cli
