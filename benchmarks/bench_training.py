@@ -26,7 +26,7 @@ from common import machine_state, write_result  # noqa: E402
 
 from MultiTaskSegLib.dense import crops_logits, extract_patches, pad_volume  # noqa: E402
 from MultiTaskSegLib.model import Architecture, TriplanarCNN  # noqa: E402
-from MultiTaskSegLib.training import _autocast  # noqa: E402
+from MultiTaskSegLib.dense import autocast  # noqa: E402
 
 PAPER_BATCH = 210
 BLOCK, BLOCKS = 16, 3
@@ -68,7 +68,7 @@ def main() -> None:
         patches = extract_patches(volume, centres, halo)
         if channels_last:
             patches = [p.contiguous(memory_format=torch.channels_last) for p in patches]
-        with _autocast(device, args.precision):
+        with autocast(device, args.precision):
             logits = model(*patches)[:, :, 0, 0]
         loss = nn.functional.cross_entropy(logits.float(), labels)  # mean: weight 1/n per sample
         optimizer.zero_grad(set_to_none=True)
@@ -84,7 +84,7 @@ def main() -> None:
     model, optimizer = make()
 
     def block_step():
-        with _autocast(device, args.precision):
+        with autocast(device, args.precision):
             logits = crops_logits(model, crops, planes_per_batch=4096, channels_last=channels_last)
         per_voxel = nn.functional.cross_entropy(logits.float().permute(0, 2, 1, 3, 4), block_labels, reduction="none")
         loss = per_voxel.mean()  # the same weight 1/n per sample

@@ -386,14 +386,12 @@ def _add_make_data(subparsers) -> None:
 
 
 def _run_make_data(args) -> int:
-    from tqdm import tqdm
-
     from . import make_data
 
-    with tqdm(total=1.0, file=sys.stderr, dynamic_ncols=True,
-              bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]") as bar:
+    bar, progress = cli_training.progress_bar("make-data")
+    with bar:
         datasets = make_data.build_training_data(args.out_dir, seed=args.seed, overwrite=args.overwrite,
-                                                 progress=_bar_progress(bar, 0, "make-data"))
+                                                 progress=progress)
     for dataset in datasets:
         print(f"{dataset.root}: task {dataset.task} ({dataset.modality}), "
               f"{len(dataset.training)} training and {len(dataset.test)} test cases")

@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import OutputError
 
 
-def _progress_bar(description: str):
+def progress_bar(description: str):
     """A tqdm bar on stderr driven by progress(fraction, stage); silent on non-zero ranks."""
     from tqdm import tqdm
 
@@ -70,7 +70,7 @@ def _run_train(args) -> int:
                          device=args.device, precision=args.precision, seed=args.seed,
                          time_limit_minutes=args.time_limit, augmentation=not args.no_augmentation,
                          evaluate_at_end=not args.no_evaluation)
-    bar, progress = _progress_bar("train")
+    bar, progress = progress_bar("train")
     with bar:
         bundle = train(config, progress=progress)
     if bundle is not None:
@@ -116,7 +116,7 @@ def _run_evaluate(args) -> int:
     for folder in args.datasets:
         cases += prepare_dataset(load_dataset(folder), class_names, bundle.normalization, args.split,
                                  bundle.target_spacing_mm)
-    bar, progress = _progress_bar("evaluate")
+    bar, progress = progress_bar("evaluate")
     with bar:
         results = evaluate_cases(bundle, cases, segmenter.device, segmenter.precision,
                                  choose_thresholds=args.choose_thresholds, progress=progress)
@@ -143,7 +143,7 @@ def _add_demo(subparsers) -> None:
 def _run_demo(args) -> int:
     from .demo import format_results, run_demo
 
-    bar, progress = _progress_bar("demo")
+    bar, progress = progress_bar("demo")
     with bar:
         results = run_demo(Path(args.out_dir), args.model, args.device, progress)
     print(format_results(results))
@@ -192,7 +192,7 @@ def _run_experiments(args) -> int:
     from .experiments import conclusions, run_experiments
 
     report = Path(args.report) if args.report else Path(args.work_dir) / "experiments.md"
-    bar, progress = _progress_bar("experiments")
+    bar, progress = progress_bar("experiments")
     with bar:
         results = run_experiments(
             args.datasets, args.work_dir, steps_per_task=args.steps_per_task, validate_every=args.validate_every,

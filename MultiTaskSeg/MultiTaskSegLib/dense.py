@@ -79,7 +79,8 @@ def pad_volume(volume: torch.Tensor, halo: int) -> torch.Tensor:
     return torch.nn.functional.pad(volume[None, None], (halo,) * 6)[0, 0]
 
 
-def _autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str):
+    """Autocast to the precision's dtype ("fp32": no autocast); shared by inference and training."""
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
@@ -455,7 +456,7 @@ def _reference_slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: 
     z0, z1, y0, y1, x0, x1 = box[:6]
     crop = _crop_with_zeros(volume, (z0, z1, y0, y1, x0, x1), h, torch.float32, device)
     batch = options.planes_per_batch or 64
-    with _autocast(device, options.precision):
+    with autocast(device, options.precision):
         logits = crops_logits(model, crop[None], batch, options.channels_last)[0]  # (z, C, y, x)
     probs = torch.softmax(logits.float(), dim=1).mul_(255).round_().to(torch.uint8)
     return probs.permute(0, 2, 3, 1).cpu()

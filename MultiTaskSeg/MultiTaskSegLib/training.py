@@ -12,7 +12,6 @@ Checkpoints are safetensors plus JSON, like bundles: nothing is ever unpickled.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -29,9 +28,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .bundle import ModelBundle, new_bundle
-from .cases import PreparedCase, group_by_task, prepare_dataset
+from .cases import group_by_task, prepare_dataset
 from .datasets import TaskDataset, load_dataset
-from .dense import crops_logits
+from .dense import autocast, crops_logits
 from .model import Architecture
 from .errors import InputError
 from .evaluation import evaluate_cases, write_report
@@ -109,12 +108,6 @@ def _precision(config: TrainConfig, device: torch.device) -> str:
     if config.precision != "auto":
         return config.precision
     return "fp16" if device.type == "cuda" else "bf16"
-
-
-def _autocast(device: torch.device, precision: str):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def load_training_data(datasets: Sequence[TaskDataset], work_dir: str, class_names: Sequence[str],
@@ -200,7 +193,7 @@ def validate(model: nn.Module, blocks: Dict[str, object], task_classes: Dict[str
     """Dice per class on fixed held-out blocks, labels by highest probability (cheap, periodic)."""
     model.eval()
     dice = {}
-    with torch.inference_mode(), _autocast(device, precision):
+    with torch.inference_mode(), autocast(device, precision):
         for task, batch in blocks.items():
             logits = crops_logits(model, batch.crops.to(device), planes_per_batch=4096)
             predicted = logits.float().argmax(dim=2).cpu()
@@ -296,7 +289,7 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None,
                              config.blocks_per_task, config.block, bundle.architecture.halo, rng,
                              config.augmentation)
         weights = balanced_weights(batch.labels, batch.mask, batch.tasks).to(device)
-        with _autocast(device, precision):
+        with autocast(device, precision):
             logits = net(batch.crops.to(device))  # (n, z, C, y, x)
         per_voxel = nn.functional.cross_entropy(logits.float().permute(0, 2, 1, 3, 4), batch.labels.to(device),
                                                 reduction="none")
