@@ -15,7 +15,7 @@ from MultiTaskSegLib.bundle import load_bundle
 from MultiTaskSegLib.cases import PreparedCase
 from MultiTaskSegLib.datasets import write_dataset
 from MultiTaskSegLib.phantoms import breast_mri_phantom, cardiac_cta_phantom
-from MultiTaskSegLib.sampling import balanced_weights, crop_with_zeros, sample_batch
+from MultiTaskSegLib.sampling import BatchStream, balanced_weights, crop_with_zeros, sample_batch
 from MultiTaskSegLib.training import TrainConfig, learning_rate, train
 
 
@@ -117,6 +117,14 @@ def test_resume_continues_exactly_where_it_stopped(tiny_datasets, tmp_path):
     assert steps == [1, 2, 3, 4]
 
 
+def test_time_limit_clock_starts_after_the_first_step(tiny_datasets, tmp_path):
+    """The first step's one-off costs do not count: a limit shorter than any step stops after the
+    second step, not the first; the run still ends with a checkpoint and a bundle."""
+    bundle = train(tiny_config(tiny_datasets, tmp_path, steps=50, time_limit_minutes=1e-6, evaluate_at_end=False))
+    assert bundle.provenance["training"]["steps_done"] == 2
+    assert (tmp_path / "checkpoint.safetensors").exists() and (tmp_path / "model.safetensors").exists()
+
+
 def test_checkpoints_are_not_pickles(tiny_datasets, tmp_path):
     train(tiny_config(tiny_datasets, tmp_path, steps=1, evaluate_at_end=False))
     head = (tmp_path / "checkpoint.safetensors").read_bytes()[:8]
@@ -124,6 +132,34 @@ def test_checkpoints_are_not_pickles(tiny_datasets, tmp_path):
     size = int.from_bytes(head, "little")
     header = json.loads((tmp_path / "checkpoint.safetensors").read_bytes()[8:8 + size])
     assert "multitaskseg_checkpoint" in header["__metadata__"]
+
+
+def test_batch_workers_draw_different_reproducible_batches():
+    """Each DataLoader worker has its own random stream (else workers would hand out the same
+    blocks), and the same seed gives the same batches again."""
+    case = PreparedCase("c", "breast", np.random.default_rng(0).random((12, 12, 12), dtype=np.float32),
+                        (np.arange(12 ** 3).reshape(12, 12, 12) % 2).astype(np.uint8), np.ones((12,) * 3, bool), 1.0)
+    args = ({"breast": [case]}, {"breast": [1]}, {"breast": "MR"}, 2, 4, 2)
+
+    def first_batches(seed):
+        loader = torch.utils.data.DataLoader(BatchStream(*args, seed=seed), batch_size=None, num_workers=2)
+        batches = iter(loader)
+        return [next(batches) for _ in range(2)]  # one from each worker
+
+    a, b = first_batches([1, 0, 0])
+    assert not torch.equal(a[0], b[0])
+    again = first_batches([1, 0, 0])
+    assert all(torch.equal(x, y) for x, y in zip(a + b, again[0] + again[1]))
+    crops, labels, mask, weights = a
+    assert crops.shape == (2, 8, 8, 8) and labels.shape == mask.shape == weights.shape == (2, 4, 4, 4)
+    assert weights.sum().item() == pytest.approx(1.0)
+
+
+def test_training_with_batch_workers(tiny_datasets, tmp_path):
+    bundle = train(tiny_config(tiny_datasets, tmp_path, steps=3, workers=2, evaluate_at_end=False))
+    assert bundle.provenance["training"]["steps_done"] == 3
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3] and all(np.isfinite(e["loss"]) for e in log)
 
 
 def test_torchrun_with_two_cpu_processes(tiny_datasets, tmp_path):

@@ -51,6 +51,8 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--validate-every", type=int, default=100)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--workers", type=int, help="processes drawing and augmenting batches ahead of the "
+                        "network (default: none on CPU, up to 8 beside a GPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop cleanly after this long")
     parser.add_argument("--no-augmentation", action="store_true")
@@ -69,7 +71,7 @@ def _run_train(args) -> int:
                          learning_rate=args.lr, n_layers=args.layers, validate_every=args.validate_every,
                          device=args.device, precision=args.precision, seed=args.seed,
                          time_limit_minutes=args.time_limit, augmentation=not args.no_augmentation,
-                         evaluate_at_end=not args.no_evaluation)
+                         evaluate_at_end=not args.no_evaluation, workers=args.workers)
     bar, progress = progress_bar("train")
     with bar:
         bundle = train(config, progress=progress)

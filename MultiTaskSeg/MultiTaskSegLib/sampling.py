@@ -135,6 +135,30 @@ def sample_batch(cases_by_task: Mapping[str, Sequence[PreparedCase]], task_class
                  torch.from_numpy(np.stack(masks)), tasks)
 
 
+class BatchStream(torch.utils.data.IterableDataset):
+    """Endless training batches, (crops, labels, mask, loss weights), for a DataLoader.
+
+    Sampling and augmentation run on the CPU; with DataLoader workers they overlap the GPU's
+    work instead of leaving it idle. Each worker draws from its own random stream, derived from
+    ``seed`` (a sequence of ints) and the worker's index.
+    """
+
+    def __init__(self, cases_by_task: Mapping[str, Sequence[PreparedCase]], task_classes: Mapping[str, Sequence[int]],
+                 modalities: Mapping[str, str], blocks_per_task: int, block: int, halo: int, seed: Sequence[int],
+                 augmentation: bool = True):
+        super().__init__()
+        self.args = (cases_by_task, task_classes, modalities, blocks_per_task, block, halo)
+        self.seed = list(seed)
+        self.augmentation = augmentation
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng(self.seed + [info.id if info else 0])
+        while True:
+            batch = sample_batch(*self.args, rng, self.augmentation)
+            yield batch.crops, batch.labels, batch.mask, balanced_weights(batch.labels, batch.mask, batch.tasks)
+
+
 def balanced_weights(labels: torch.Tensor, mask: torch.Tensor, tasks: Sequence[str]) -> torch.Tensor:
     """Per-voxel loss weights summing to 1: equal per task, then equal per class within the task.
 

@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from .model import Architecture
 from .errors import InputError
 from .evaluation import evaluate_cases, write_report
 from .progress import CancelCheck, ProgressCallback, check_cancel, report
-from .sampling import balanced_weights, sample_batch, validation_blocks
+from .sampling import BatchStream, balanced_weights, sample_batch, validation_blocks
 from .terminology import DEFAULT_CLASSES, DEFAULT_TASKS
 
 
@@ -54,7 +54,8 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"          # "fp32", "bf16", "fp16", auto: bf16 on CPU, fp16 on GPU
+    precision: str = "auto"          # "fp32", "bf16", "fp16"; auto: see _precision
+    workers: Optional[int] = None    # batch-sampling processes; None: 0 on CPU, up to 8 beside a GPU
     augmentation: bool = True
     time_limit_minutes: Optional[float] = None  # stop cleanly (checkpoint, bundle) after this long
     evaluate_at_end: bool = True
@@ -105,9 +106,38 @@ def _setup_distributed(device: str) -> torch.device:
 
 
 def _precision(config: TrainConfig, device: torch.device) -> str:
+    """bf16 where the hardware has it (no loss scaling needed), fp16 on older GPUs; CPU: bf16."""
     if config.precision != "auto":
         return config.precision
-    return "fp16" if device.type == "cuda" else "bf16"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16"
+
+
+def _workers(config: TrainConfig, device: torch.device) -> int:
+    """On a CPU the cores are busy computing the network, so batches are drawn in between; beside
+    a GPU, sampling and augmentation would leave it idle most of the time, so workers draw ahead."""
+    if config.workers is not None:
+        return max(0, config.workers)
+    if device.type == "cpu":
+        return 0
+    return max(1, min(8, len(os.sched_getaffinity(0)) - 2))
+
+
+def training_batches(config: TrainConfig, cases_by_task, task_classes, modalities, halo: int,
+                     rng: np.random.Generator, device: torch.device, first_step: int, rank: int) -> Iterator:
+    """(crops, labels, mask, weights) for every step: drawn here from ``rng`` (reproducible across
+    resumes) without workers, else by DataLoader workers seeded by seed, rank and the first step."""
+    workers = _workers(config, device)
+    if workers == 0:
+        while True:
+            batch = sample_batch(cases_by_task, task_classes, modalities, config.blocks_per_task, config.block, halo,
+                                 rng, config.augmentation)
+            yield batch.crops, batch.labels, batch.mask, balanced_weights(batch.labels, batch.mask, batch.tasks)
+    stream = BatchStream(cases_by_task, task_classes, modalities, config.blocks_per_task, config.block, halo,
+                         [config.seed, rank, first_step], config.augmentation)
+    yield from torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4,
+                                           pin_memory=device.type == "cuda")
 
 
 def load_training_data(datasets: Sequence[TaskDataset], work_dir: str, class_names: Sequence[str],
@@ -138,12 +168,13 @@ def select_datasets(config: TrainConfig) -> List[TaskDataset]:
 
 
 def learning_rate(config: TrainConfig, step: int, elapsed_fraction: float = 0.0) -> float:
-    """Linear warm-up over the first 5% of steps, then cosine decay to 5% of the peak.
+    """Linear warm-up over the first 5% of steps (at most 200), then cosine decay to 5% of the peak.
 
     With a time limit, the decay follows whichever is further along, steps or time, so a run cut
-    short by its time limit still ends with a small learning rate.
+    short by its time limit still ends with a small learning rate (and a generous --steps does not
+    stretch the warm-up beyond what Adam needs).
     """
-    warmup = max(1, config.steps // 20)
+    warmup = max(1, min(200, config.steps // 20))
     if step < warmup:
         return config.learning_rate * (step + 1) / warmup
     progress = max((step - warmup) / max(1, config.steps - warmup), elapsed_fraction)
@@ -261,7 +292,9 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None,
     val_blocks = validation_blocks(test_cases or train_cases, task_classes, 32, bundle.architecture.halo)
 
     model = bundle.model.to(device).train()
-    channels_last = device.type == "cpu" and precision != "fp32"
+    channels_last = precision != "fp32"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # every step has the same shapes: pick the fastest kernels once
     net: nn.Module = BlockNet(model, channels_last)
     if _distributed():
         net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -276,34 +309,38 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None,
             print(f"Resuming from {checkpoint} at step {state.step}", flush=True)
     log_path = work / "log.jsonl"
     started = time.time() - state.seconds
-    session_start = time.time()
-    deadline = session_start + 60 * config.time_limit_minutes if config.time_limit_minutes else None
+    session_start, deadline = time.time(), None
+    limit = 60 * config.time_limit_minutes if config.time_limit_minutes else None
 
+    batches = training_batches(config, {t: train_cases[t] for t in task_classes}, task_classes, modalities,
+                               bundle.architecture.halo, rng, device, state.step, rank)
     while state.step < config.steps:
         check_cancel(cancel)
         elapsed = (time.time() - session_start) / (deadline - session_start) if deadline else 0.0
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, state.step, elapsed)
         t0 = time.time()
-        batch = sample_batch({t: train_cases[t] for t in task_classes}, task_classes, modalities,
-                             config.blocks_per_task, config.block, bundle.architecture.halo, rng,
-                             config.augmentation)
-        weights = balanced_weights(batch.labels, batch.mask, batch.tasks).to(device)
+        crops, labels, mask, weights = next(batches)
         with autocast(device, precision):
-            logits = net(batch.crops.to(device))  # (n, z, C, y, x)
-        per_voxel = nn.functional.cross_entropy(logits.float().permute(0, 2, 1, 3, 4), batch.labels.to(device),
-                                                reduction="none")
-        loss = (per_voxel * weights).sum()
+            logits = net(crops.to(device, non_blocking=True))  # (n, z, C, y, x)
+        per_voxel = nn.functional.cross_entropy(logits.float().permute(0, 2, 1, 3, 4),
+                                                labels.to(device, non_blocking=True), reduction="none")
+        loss = (per_voxel * weights.to(device, non_blocking=True)).sum()
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         state.step += 1
-        samples = int(batch.mask.sum()) * world
+        samples = int(mask.sum()) * world
         state.samples += samples
         state.seconds = time.time() - started
         entry = {"step": state.step, "loss": float(loss.detach()), "lr": optimizer.param_groups[0]["lr"],
                  "samples_per_second": samples / max(1e-9, time.time() - t0)}
+        if limit is not None and deadline is None:
+            # the clock starts after the first step: its one-off costs (cuDNN's kernel search, starting
+            # the batch workers) take tens of seconds on a GPU and cut the first of several runs short
+            session_start = time.time()
+            deadline = session_start + limit
         last = state.step == config.steps or (deadline is not None and time.time() > deadline)
         if rank == 0 and (state.step % config.validate_every == 0 or last):
             entry["dice"] = validate(model, val_blocks, task_classes, device, precision)
@@ -317,6 +354,7 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None,
                f"loss {entry['loss']:.3f}, {entry['samples_per_second']:.0f} samples/s")
         if last:
             break
+    batches.close()  # ends the DataLoader's workers now rather than at garbage collection
 
     if _distributed():
         dist.barrier()
