@@ -86,3 +86,17 @@ def test_build_training_data_writes_three_loadable_datasets(tmp_path):
     assert [c.case_id for c in brain.training] == ["mni152"] and brain.test[0].label_path is not None
     assert len(datasets[2].training) == 1 and len(datasets[2].test) == 1
     assert stages == sorted(stages) and stages[-1] == pytest.approx(1.0)
+
+
+def test_build_training_data_writes_only_the_tasks_asked_for(tmp_path):
+    from MultiTaskSegLib.errors import OutputError
+    from MultiTaskSegLib.make_data import build_training_data
+
+    stages = []
+    datasets = build_training_data(tmp_path, n_breast_train=1, n_breast_test=0, tasks=["breast"],
+                                   progress=lambda f, s: stages.append(f))
+    assert [d.name for d in datasets] == ["Dataset002_BreastPhantom"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset002_BreastPhantom"]
+    assert stages[-1] == pytest.approx(1.0)
+    with pytest.raises(OutputError, match="lung"):
+        build_training_data(tmp_path / "x", tasks=["lung"])

@@ -282,15 +282,18 @@ def test_ctrl_c_while_writing_exits_130_and_leaves_no_partial_file(capsys, tmp_p
 def test_make_data_passes_its_options_on(capsys, tmp_path, monkeypatch):
     calls = []
 
-    def fake_build(out_dir, seed=0, overwrite=False, progress=None, **kwargs):
-        calls.append((Path(out_dir), seed, overwrite))
+    def fake_build(out_dir, seed=0, overwrite=False, progress=None, tasks=(), **kwargs):
+        calls.append((Path(out_dir), seed, overwrite, list(tasks)))
         progress(0.5, "Writing phantoms")
         return []
 
     monkeypatch.setattr(make_data, "build_training_data", fake_build)
     code, _, err = run(capsys, "make-data", tmp_path / "data", "--seed", 5, "--overwrite")
     assert code == 0, err
-    assert calls == [(tmp_path / "data", 5, True)]
+    code, _, err = run(capsys, "make-data", tmp_path / "data", "--tasks", "breast", "coronary")
+    assert code == 0, err
+    assert calls == [(tmp_path / "data", 5, True, ["brain", "breast", "coronary"]),
+                     (tmp_path / "data", 0, False, ["breast", "coronary"])]
 
 
 def test_make_data_refuses_existing_datasets(capsys, tmp_path):

@@ -382,6 +382,9 @@ def _add_make_data(subparsers) -> None:
     parser.add_argument("out_dir", metavar="OUT_DIR")
     parser.add_argument("--seed", type=int, default=0, help="seed of the procedural phantoms (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing dataset folders")
+    parser.add_argument("--tasks", nargs="+", default=["brain", "breast", "coronary"],
+                        choices=("brain", "breast", "coronary"),
+                        help="write only these tasks' datasets (the phantoms need no atlas packages)")
     parser.set_defaults(run=_run_make_data)
 
 
@@ -391,7 +394,7 @@ def _run_make_data(args) -> int:
     bar, progress = cli_training.progress_bar("make-data")
     with bar:
         datasets = make_data.build_training_data(args.out_dir, seed=args.seed, overwrite=args.overwrite,
-                                                 progress=progress)
+                                                 progress=progress, tasks=args.tasks)
     for dataset in datasets:
         print(f"{dataset.root}: task {dataset.task} ({dataset.modality}), "
               f"{len(dataset.training)} training and {len(dataset.test)} test cases")

@@ -11,13 +11,14 @@ The phantoms are procedural stand-ins (see ``phantoms``), reproducible from ``se
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Sequence
 
 from . import brain_data, phantoms
 from .datasets import TaskDataset, write_dataset
 from .errors import OutputError
 from .progress import CancelCheck, ProgressCallback, check_cancel, sub_progress
 
+TASKS = ("brain", "breast", "coronary")
 BRAIN_DATASET = "Dataset001_BrainAtlas"
 BREAST_DATASET = "Dataset002_BreastPhantom"
 CORONARY_DATASET = "Dataset003_CoronaryPhantom"
@@ -25,40 +26,56 @@ CORONARY_DATASET = "Dataset003_CoronaryPhantom"
 
 def build_training_data(out_dir, n_breast_train: int = 8, n_breast_test: int = 3, n_coronary_train: int = 8,
                         n_coronary_test: int = 3, seed: int = 0, progress: Optional[ProgressCallback] = None,
-                        overwrite: bool = False, cancel: Optional[CancelCheck] = None) -> List[TaskDataset]:
-    """Write the brain, breast-phantom and coronary-phantom datasets under ``out_dir``.
+                        overwrite: bool = False, cancel: Optional[CancelCheck] = None,
+                        tasks: Sequence[str] = TASKS) -> List[TaskDataset]:
+    """Write the brain, breast-phantom and coronary-phantom datasets (or those of ``tasks``) under ``out_dir``.
 
     Phantom case ``i`` of a task uses seed ``seed * 1000 + i`` (training cases first, then
     test cases), so the same arguments give the same files. Existing dataset folders
     raise OutputError unless ``overwrite``. Returns the three datasets as loaded back.
     Takes about a minute with the defaults.
     """
+    unknown = set(tasks) - set(TASKS)
+    if unknown or not tasks:
+        raise OutputError(f"Unknown task(s) {sorted(unknown)}: choose among {', '.join(TASKS)}.")
+    names = {"brain": BRAIN_DATASET, "breast": BREAST_DATASET, "coronary": CORONARY_DATASET}
     out = Path(out_dir).expanduser()
     if not overwrite:
-        existing = [name for name in (BRAIN_DATASET, BREAST_DATASET, CORONARY_DATASET) if (out / name).exists()]
+        existing = [names[task] for task in TASKS if task in tasks and (out / names[task]).exists()]
         if existing:
             raise OutputError(f"{', '.join(existing)} exist(s) in {out} already: choose another folder or overwrite.")
     for count in (n_breast_train, n_breast_test, n_coronary_train, n_coronary_test):
         if count < 0:
             raise OutputError("Case counts must be zero or more.")
     check_cancel(cancel)
-    brain = write_dataset(
-        out, BRAIN_DATASET, "MR", _labels(brain_data.BRAIN_CLASSES), _brain_cases(), task="brain",
-        overwrite=overwrite, description="MNI152 (train) and ICBM 2009a (test) T1 templates with approximate "
-        "Desikan-Killiany atlas labels grouped into six tissue classes.",
-        progress=sub_progress(progress, 0.0, 0.1), cancel=cancel, expected_cases=2)
-    breast = write_dataset(
-        out, BREAST_DATASET, "MR", _labels(("background", "pectoral muscle")),
-        _phantom_cases(phantoms.breast_mri_phantom, "breast", n_breast_train, n_breast_test, seed), task="breast",
-        overwrite=overwrite, description="Procedural breast MRI phantoms (T1, no fat suppression).",
-        progress=sub_progress(progress, 0.1, 0.5), cancel=cancel, expected_cases=n_breast_train + n_breast_test)
-    coronary = write_dataset(
-        out, CORONARY_DATASET, "CT", _labels(("background", "coronary arteries")),
-        _phantom_cases(phantoms.cardiac_cta_phantom, "coronary", n_coronary_train, n_coronary_test, seed),
-        task="coronary", overwrite=overwrite, description="Procedural cardiac CTA phantoms (Hounsfield units).",
-        progress=sub_progress(progress, 0.5, 1.0), cancel=cancel,
-        expected_cases=n_coronary_train + n_coronary_test)
-    return [brain, breast, coronary]
+    # each task's share of the progress bar, about as long as it takes
+    spans = {"brain": 0.1, "breast": 0.4, "coronary": 0.5}
+    total = sum(spans[task] for task in tasks)
+    start, datasets = 0.0, []
+    for task in TASKS:
+        if task not in tasks:
+            continue
+        part = sub_progress(progress, start / total, (start + spans[task]) / total)
+        start += spans[task]
+        if task == "brain":
+            datasets.append(write_dataset(
+                out, BRAIN_DATASET, "MR", _labels(brain_data.BRAIN_CLASSES), _brain_cases(), task="brain",
+                overwrite=overwrite, description="MNI152 (train) and ICBM 2009a (test) T1 templates with approximate "
+                "Desikan-Killiany atlas labels grouped into six tissue classes.",
+                progress=part, cancel=cancel, expected_cases=2))
+        elif task == "breast":
+            datasets.append(write_dataset(
+                out, BREAST_DATASET, "MR", _labels(("background", "pectoral muscle")),
+                _phantom_cases(phantoms.breast_mri_phantom, "breast", n_breast_train, n_breast_test, seed),
+                task="breast", overwrite=overwrite, description="Procedural breast MRI phantoms (T1, no fat suppression).",
+                progress=part, cancel=cancel, expected_cases=n_breast_train + n_breast_test))
+        else:
+            datasets.append(write_dataset(
+                out, CORONARY_DATASET, "CT", _labels(("background", "coronary arteries")),
+                _phantom_cases(phantoms.cardiac_cta_phantom, "coronary", n_coronary_train, n_coronary_test, seed),
+                task="coronary", overwrite=overwrite, description="Procedural cardiac CTA phantoms (Hounsfield units).",
+                progress=part, cancel=cancel, expected_cases=n_coronary_train + n_coronary_test))
+    return datasets
 
 
 def _labels(class_names) -> dict:
