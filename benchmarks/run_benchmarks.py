@@ -4,6 +4,9 @@ Each benchmark runs in its own process, one after the other (they would compete 
 and writes benchmarks/results/<name>.json; the two threshold benchmarks print JSON, kept as is.
 
     .venv/bin/python benchmarks/run_benchmarks.py [--only inference training] [--table-only]
+
+bench_gpu.py needs a CUDA GPU and is run by hand where there is one; its results/gpu.json, when
+present, adds a GPU section to the table.
 """
 
 from __future__ import annotations
@@ -130,7 +133,10 @@ def table() -> str:
                   "Memory does not depend on the network's depth (features, head and slabs are sized by its width "
                   "and classes), which is why a shallow network stands in for the 25-layer one here (that would "
                   "take ~25 min); the deeper network's larger slab context adds about 0.1 GB at this size.", ""]
-    lines += goals(inference, memory)
+    gpu = load("gpu")
+    if gpu:
+        lines += gpu_section(gpu)
+    lines += goals(inference, memory, gpu)
     if inference:
         lines += findings(inference)
     thresholds = load("thresholds")
@@ -143,7 +149,45 @@ def fastest_flops_per_voxel(inference: dict) -> float:
     return inference["end_to_end"]["fastest"]["conv_stack_flops"] / inference["volume"]["brain_voxels"]
 
 
-def goals(inference, memory) -> list:
+def gpu_section(gpu: dict) -> list:
+    """bench_gpu.py's figures (run by hand where a GPU is: make bench runs on the CPU machine)."""
+    peaks, e2e, patch, train = gpu["attainable_flops_per_second"], gpu["end_to_end"], gpu["patch"], gpu["training"]
+    base = patch["fp32"]["volume_voxels_per_second"]
+    cta = gpu["cta_512x512x300"]
+    lines = [f"## GPU: {gpu['gpu']} (bench_gpu.py, {gpu['machine']['date_utc']} UTC, torch {gpu['machine']['torch']})", "",
+             f"Same brain file as above; model: {gpu['model']}. Attainable (8192^2 matrix products): fp16 "
+             f"{peaks['fp16_matmul'] / 1e12:.0f}, bf16 {peaks['bf16_matmul'] / 1e12:.0f}, fp32 (no TF32) "
+             f"{peaks['fp32_matmul'] / 1e12:.0f} TFLOP/s.", "",
+             "| path | whole-volume voxels/s | x patch fp32 | brain, seconds (first run) | GPU peak | conv stack TFLOP/s | of attainable |",
+             "|---|---|---|---|---|---|---|"]
+    for key, label in (("fp32", "per-voxel patches, fp32 (paper)"), ("fast_settings", "per-voxel patches, fp16 folded")):
+        entry = patch[key]
+        lines.append(f"| {label} ¹ | {entry['volume_voxels_per_second']:,.0f} | {entry['volume_voxels_per_second'] / base:.1f} | "
+                     f"{entry['extrapolated_seconds_for_brain']:.1f} | - | - | - |")
+    for key in ("fp16", "bf16", "fp32"):
+        entry = e2e[key]
+        lines.append(f"| dense end to end, {key}{' (Segmenter default)' if key == 'fp16' else ''} | "
+                     f"{entry['volume_voxels_per_second']:,.0f} | {entry['volume_voxels_per_second'] / base:.0f} | "
+                     f"{entry['seconds']:.2f} ({entry['seconds_first_run']:.1f}) | {entry['gpu_peak_bytes'] / 2**30:.2f} GiB | "
+                     f"{entry['conv_stack_flops_per_second'] / 1e12:.0f} | {100 * entry['conv_stack_fraction_of_attainable']:.0f}% |")
+    blocks = train["dense_blocks"]
+    lines += ["", f"¹ timed on {patch['fp32']['timed_voxels']:,} random brain voxels in batches of {patch['fp32']['batch']}, "
+              "extrapolated. The first end-to-end run includes cuDNN's kernel search; the figures are the best "
+              "later run. fp32 convolutions use TF32 tensor cores (PyTorch's cuDNN default), hence their share "
+              "of the no-TF32 matrix rate. The conv stack is a small part of the GPU's end-to-end time: reading, "
+              "resampling and the labelmap run on the CPU.", "",
+              f"CTA-sized volume (512 x 512 x 300, fp16): {cta['seconds']:.1f} s end to end ({cta['seconds_first_run']:.1f} s "
+              f"the first time), GPU peak {cta['gpu_peak_bytes'] / 2**30:.1f} GiB (slabs size themselves from the free GPU "
+              f"memory), process peak RSS {cta['process_peak_rss_bytes'] / 2**30:.1f} GiB (the whole benchmark process).", "",
+              "Training, bf16, voxel-samples/s: isolated patches "
+              f"{train['isolated_patches_batch_210']['voxel_samples_per_second']:,.0f} (paper's batch of 210) and "
+              f"{train['isolated_patches_batch_4096']['voxel_samples_per_second']:,.0f} (batch 4096); dense blocks "
+              f"(24 x 24^3) {blocks['voxel_samples_per_second']:,.0f}, {train['dense_over_patches_batch_210']:.0f}x the paper's "
+              f"batch, GPU peak {blocks['gpu_peak_bytes'] / 2**30:.1f} GiB.", ""]
+    return lines
+
+
+def goals(inference, memory, gpu=None) -> list:
     """The issue's targets, met or not, from this run."""
     if not inference:
         return []
@@ -159,7 +203,15 @@ def goals(inference, memory) -> list:
                      memory["within_limit"]))
     lines = ["## Against the goals of the speed issue", "", "| goal | this run | met |", "|---|---|---|"]
     lines += [f"| {goal} | {value} | {'yes' if met else '**no**'} |" for goal, value, met in rows]
-    lines += ["| GPU figures | no GPU on this machine | - |", ""]
+    if gpu:
+        summary = gpu["summary"]
+        lines += [f"| GPU: fastest path x the patch formulation, same GPU | {summary['fastest_over_patch_fp32']:.0f}x | "
+                  f"{'yes' if summary['fastest_over_patch_fp32'] >= 1000 else '**no**'} |",
+                  f"| GPU: conv stack share of the attainable fp16 rate | {100 * summary['fastest_conv_fraction_of_attainable']:.0f}% | "
+                  f"{'yes' if summary['fastest_conv_fraction_of_attainable'] >= 0.5 else '**no**'} |",
+                  f"| GPU: brain end to end | {summary['brain_end_to_end_seconds']:.2f} s | yes |", ""]
+    else:
+        lines += ["| GPU figures | no GPU on this machine | - |", ""]
     return lines
 
 
