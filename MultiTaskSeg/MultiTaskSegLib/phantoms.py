@@ -303,8 +303,8 @@ def _coronary_tree(rng: np.random.Generator, heart: _HeartFrame, aortic_root: np
     # Right coronary round the right AV groove to the back, then a short posterior descending branch.
     rca_entry = heart.surface_point(np.array([groove]), np.array([phi_lad - 0.9]), np.array([1.5]))[0]
     rca_end = phi_lad - 0.9 - rng.uniform(1.8, 2.5)
-    rca = add(*_surface_path(rng, groove, groove + 0.05, phi_lad - 0.9, rca_end), rng.uniform(1.6, 1.9),
-              rng.uniform(1.0, 1.2), start_point=ostium(rca_entry))
+    add(*_surface_path(rng, groove, groove + 0.05, phi_lad - 0.9, rca_end), rng.uniform(1.6, 1.9),
+        rng.uniform(1.0, 1.2), start_point=ostium(rca_entry))
     add(*_surface_path(rng, groove + 0.05, rng.uniform(0.3, 0.6), rca_end, rca_end + rng.uniform(-0.3, 0.1), n=40),
         1.1, 0.8)
     # Side branches (diagonals, marginals) leave the LAD and circumflex towards the apex.

@@ -166,7 +166,7 @@ def check_size_from_header(size: Sequence[int], components: int, bytes_per_compo
     memory_bytes = physical_memory_bytes() if memory_bytes is None else memory_bytes
     if voxels <= MAX_VOXELS and (memory_bytes is None or needed <= memory_bytes):
         return
-    limit = (f"more than the 2**31 voxels MultiTaskSeg handles" if voxels > MAX_VOXELS else
+    limit = ("more than the 2**31 voxels MultiTaskSeg handles" if voxels > MAX_VOXELS else
              f"more than this machine's {memory_text(memory_bytes)} of memory")
     raise InputError(f"{source} is too large: its header announces {' x '.join(map(str, dims))} voxels "
                      f"({voxels:,} per volume); reading and segmenting it would need at least "
