@@ -53,7 +53,13 @@ def save_overlay(image: Volume, labels: np.ndarray, classes: Sequence[ClassInfo]
     labelled = np.argwhere(canonical_labels.array > 0)
     z, y, x = (np.median(labelled, axis=0).astype(int) if centre_on_labels and len(labelled)
                else np.array(gray.shape) // 2)
-    fig, axes = plt.subplots(len(rows), 3, figsize=(12, 4.2 * len(rows)), squeeze=False)
+    # the three planes at one height, each as wide as its aspect ratio asks (a fixed grid let a tall
+    # axial image run into the next row's titles)
+    shapes = [(gray.shape[1], gray.shape[2]), (gray.shape[0], gray.shape[2]), (gray.shape[0], gray.shape[1])]
+    widths = [w / h for h, w in shapes]
+    height = min(4.5, 11.5 / sum(widths))
+    fig, axes = plt.subplots(len(rows), 3, figsize=(12, (height + 0.5) * len(rows) + 1.0), squeeze=False,
+                             width_ratios=widths, layout="constrained")
     for row, (name, lab) in enumerate(rows):
         # canonical axes: z inferior->superior, y anterior->posterior, x right->left (LPS);
         # axial with anterior at the top, coronal and sagittal with superior at the top.
@@ -67,9 +73,8 @@ def save_overlay(image: Volume, labels: np.ndarray, classes: Sequence[ClassInfo]
     present = [c for c in classes if c.index and (canonical_labels.array == c.index).any()]
     handles = [plt.Rectangle((0, 0), 1, 1, color=c.color) for c in present]
     if handles:
-        fig.legend(handles, [c.name for c in present], loc="lower center", ncol=min(4, len(handles)), fontsize=9)
+        fig.legend(handles, [c.name for c in present], loc="outside lower center", ncol=min(4, len(handles)), fontsize=9)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
