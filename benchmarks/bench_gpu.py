@@ -101,7 +101,8 @@ def training_throughput(steps: int = 5) -> dict:
         for _ in range(2):
             step()  # cuDNN's kernel search
         seconds = timed(lambda: [step() for _ in range(steps)]) / steps
-        out[name] = {"samples_per_step": samples, "seconds_per_step": seconds, "voxel_samples_per_second": samples / seconds}
+        out[name] = {"samples_per_step": samples, "seconds_per_step": seconds,
+                     "voxel_samples_per_second": samples / seconds}
 
     volume = pad_volume(torch.from_numpy(rng.normal(0.5, 0.3, (80, 80, 80)).astype(np.float32)).to(CUDA), halo)
     for batch in (210, 4096):  # the paper's mini-batch, and one large enough to fill the GPU
@@ -168,7 +169,8 @@ def main() -> None:
     for entry in result["end_to_end"].values():
         entry["volume_voxels_per_second"] = entry["voxels"] / entry["seconds"]
         rate = entry["conv_stack_flops"] / max(1e-9, entry["seconds_conv_stack"])
-        entry["conv_stack_fraction_of_attainable"] = rate / result["attainable_flops_per_second"][f"{entry['precision']}_matmul"]
+        peak = result["attainable_flops_per_second"][f"{entry['precision']}_matmul"]
+        entry["conv_stack_fraction_of_attainable"] = rate / peak
         entry["conv_stack_flops_per_second"] = rate
 
     print("patch formulation ...", flush=True)
@@ -191,7 +193,8 @@ def main() -> None:
     fastest = result["end_to_end"]["fp16"]
     result["summary"] = {
         "brain_end_to_end_seconds": fastest["seconds"],
-        "fastest_over_patch_fp32": fastest["volume_voxels_per_second"] / result["patch"]["fp32"]["volume_voxels_per_second"],
+        "fastest_over_patch_fp32": fastest["volume_voxels_per_second"]
+        / result["patch"]["fp32"]["volume_voxels_per_second"],
         "fastest_over_patch_same_settings": fastest["volume_voxels_per_second"]
         / result["patch"]["fast_settings"]["volume_voxels_per_second"],
         "dense_fp32_over_patch_fp32": result["end_to_end"]["fp32"]["volume_voxels_per_second"]

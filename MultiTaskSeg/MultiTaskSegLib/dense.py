@@ -215,7 +215,8 @@ class FullPrecisionInput(nn.Module):
     Rounding the input image to bf16 (8 significant bits) and multiplying by the first layer's
     large folded weights is what moves reduced-precision outputs away from fp32; measured on a
     trained model (the first shipped one): labels agree on 97.6% of brain voxels with a bf16 first
-    layer, 99.9% with an fp32 one. With one input channel the layer costs 1/32 of any other, so keeping it exact is cheap.
+    layer, 99.9% with an fp32 one. With one input channel the layer costs 1/32 of any other, so
+    keeping it exact is cheap.
     """
 
     def __init__(self, conv: nn.Conv2d, dtype: torch.dtype):

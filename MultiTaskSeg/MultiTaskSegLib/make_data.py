@@ -32,12 +32,12 @@ def build_training_data(out_dir, n_breast_train: int = 8, n_breast_test: int = 3
 
     Phantom case ``i`` of a task uses seed ``seed * 1000 + i`` (training cases first, then
     test cases), so the same arguments give the same files. Existing dataset folders
-    raise OutputError unless ``overwrite``. Returns the three datasets as loaded back.
+    raise OutputError unless ``overwrite``. Returns the datasets written, as loaded back.
     Takes about a minute with the defaults.
     """
     unknown = set(tasks) - set(TASKS)
     if unknown or not tasks:
-        raise OutputError(f"Unknown task(s) {sorted(unknown)}: choose among {', '.join(TASKS)}.")
+        raise OutputError(f"Unknown or no task(s) {sorted(unknown)}: choose one or more of {', '.join(TASKS)}.")
     names = {"brain": BRAIN_DATASET, "breast": BREAST_DATASET, "coronary": CORONARY_DATASET}
     out = Path(out_dir).expanduser()
     if not overwrite:
@@ -67,8 +67,8 @@ def build_training_data(out_dir, n_breast_train: int = 8, n_breast_test: int = 3
             datasets.append(write_dataset(
                 out, BREAST_DATASET, "MR", _labels(("background", "pectoral muscle")),
                 _phantom_cases(phantoms.breast_mri_phantom, "breast", n_breast_train, n_breast_test, seed),
-                task="breast", overwrite=overwrite, description="Procedural breast MRI phantoms (T1, no fat suppression).",
-                progress=part, cancel=cancel, expected_cases=n_breast_train + n_breast_test))
+                task="breast", overwrite=overwrite,
+                description="Procedural breast MRI phantoms (T1, no fat suppression).", progress=part, cancel=cancel, expected_cases=n_breast_train + n_breast_test))
         else:
             datasets.append(write_dataset(
                 out, CORONARY_DATASET, "CT", _labels(("background", "coronary arteries")),

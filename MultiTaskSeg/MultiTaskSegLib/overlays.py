@@ -73,7 +73,8 @@ def save_overlay(image: Volume, labels: np.ndarray, classes: Sequence[ClassInfo]
     present = [c for c in classes if c.index and (canonical_labels.array == c.index).any()]
     handles = [plt.Rectangle((0, 0), 1, 1, color=c.color) for c in present]
     if handles:
-        fig.legend(handles, [c.name for c in present], loc="outside lower center", ncol=min(4, len(handles)), fontsize=9)
+        fig.legend(handles, [c.name for c in present], loc="outside lower center", ncol=min(4, len(handles)),
+                   fontsize=9)
     fig.suptitle(title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
