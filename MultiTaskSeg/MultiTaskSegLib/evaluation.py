@@ -24,8 +24,8 @@ def case_probabilities(bundle: ModelBundle, case: PreparedCase, device: torch.de
     """uint8 probabilities (C, z, y, x) of a prepared case; non-sample voxels are background."""
     options = DenseOptions(precision=precision, channels_last=device.type == "cpu" and precision != "fp32")
     probs = dense_probabilities(bundle.model.to(device), case.image, case.mask, device, options)
-    probs[:, ~case.mask] = 0
-    probs[0, ~case.mask] = 255
+    probs *= case.mask  # one pass over all classes (boolean indexing per class is ~8x slower)
+    np.putmask(probs[0], ~case.mask, 255)
     return probs
 
 
