@@ -29,9 +29,15 @@ from slicer.util import VTKObservationMixin
 from MultiTaskSegLib import dependencies
 from MultiTaskSegLib.errors import Cancelled, MultiTaskSegError
 from MultiTaskSegLib.logic import MultiTaskSegLogic as EngineLogic
+from MultiTaskSegLib.thresholds import nearest_level_threshold
 
 POLL_INTERVAL_MS = 100
 SLIDER_DEBOUNCE_MS = 30
+# Probabilities are stored in steps of 1/255, and trained thresholds sit near 1 (the shipped model's:
+# 248/255, 254/255). Two decimals showed 254/255 as 1.00 and applied 1.00 as soon as any slider
+# moved; three keep every level apart, and reading a slider snaps back to its level.
+SLIDER_DECIMALS = 3
+SLIDER_STEP = 1.0 / 255
 
 
 #
@@ -422,7 +428,8 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         maps = self.logic.probability_maps(segmentationNode)
         for index, threshold in self.logic.current_thresholds(segmentationNode).items():
             slider = ctk.ctkSliderWidget()
-            slider.minimum, slider.maximum, slider.singleStep, slider.decimals = 0.0, 1.0, 0.01, 2
+            slider.decimals = SLIDER_DECIMALS  # before the step and value, which it rounds
+            slider.minimum, slider.maximum, slider.singleStep = 0.0, 1.0, SLIDER_STEP
             slider.value = threshold
             slider.toolTip = "Probability above which a voxel belongs to this structure."
             slider.connect("valueChanged(double)", lambda value: self._sliderTimer.start())
@@ -432,7 +439,8 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _applySliderThresholds(self) -> None:
         segmentationNode = self._parameterNode.outputSegmentation
         with slicer.util.tryWithErrorDisplay("Could not update the segments.", waitCursor=False):
-            thresholds = {index: slider.value for index, slider in self._thresholdSliders.items()}
+            thresholds = {index: nearest_level_threshold(slider.value)
+                          for index, slider in self._thresholdSliders.items()}
             self.logic.update_thresholds(segmentationNode, thresholds)
 
     def onExportProbabilities(self) -> None:
@@ -549,6 +557,9 @@ class MultiTaskSegTest(ScriptedLoadableModuleTest):
         segmentationNode = widget._parameterNode.outputSegmentation
         self.assertIsNotNone(segmentationNode)
         self.assertTrue(widget._thresholdSliders, "one slider per thresholded class")
+        thresholds = widget.logic.current_thresholds(segmentationNode)
+        for index, slider in widget._thresholdSliders.items():  # shown as applied, to the stored 1/255
+            self.assertAlmostEqual(slider.value, thresholds[index], delta=0.5 / 255)
         index, slider = next(iter(widget._thresholdSliders.items()))
         slider.value = 0.0
         widget._applySliderThresholds()

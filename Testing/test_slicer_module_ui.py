@@ -96,3 +96,33 @@ def test_cmake_lists_every_python_file_and_resource():
                  if p.is_file() and p.suffix in {".png", ".ui"} and "Models" not in p.parts]
     for path in python_files + resources:
         assert path in cmake, f"{path} is not listed in MultiTaskSeg/CMakeLists.txt, so a built extension lacks it"
+
+
+def module_constants():
+    """The module file's UPPER_CASE constants, evaluated without importing it (it needs Slicer)."""
+    constants = {}
+    for node in module_tree().body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                and node.targets[0].id.isupper():
+            constants[node.targets[0].id] = eval(compile(ast.Expression(node.value), "<constant>", "eval"), {})
+    return constants
+
+
+def test_threshold_sliders_show_the_shipped_models_thresholds_without_changing_them():
+    """A slider keeps its value rounded to its decimals; what the module applies when it reads the
+    slider back must select the same stored levels (v / 255 >= t) as the bundle's threshold, or
+    moving any slider would change the others (two decimals turned 254/255 into 1.00)."""
+    from MultiTaskSegLib.bundle import load_bundle
+    from MultiTaskSegLib.thresholds import nearest_level_threshold, threshold_to_level
+
+    constants = module_constants()
+    thresholds = load_bundle().default_thresholds
+    assert thresholds, "the shipped model has thresholded classes"
+    assert 255 * constants["SLIDER_STEP"] == 1.0  # one step: one stored probability level
+    for level in range(256):  # every position of the slider, as the bundle's thresholds are too
+        shown = round(level * constants["SLIDER_STEP"], constants["SLIDER_DECIMALS"])
+        assert threshold_to_level(nearest_level_threshold(shown)) == level, (level, shown)
+    for t in thresholds.values():
+        shown = round(t, constants["SLIDER_DECIMALS"])
+        assert threshold_to_level(nearest_level_threshold(shown)) == threshold_to_level(t), (t, shown)
+    assert "nearest_level_threshold(slider.value)" in MODULE_FILE.read_text(encoding="utf-8")

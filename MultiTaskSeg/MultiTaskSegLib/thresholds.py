@@ -86,6 +86,15 @@ def threshold_to_level(t: float) -> int:
     return int(np.searchsorted(_LEVELS, check_threshold(t), side="left"))
 
 
+def nearest_level_threshold(t: float) -> float:
+    """The threshold k/255 of the stored level nearest to ``t``.
+
+    A slider that steps by 1/255 but shows (and keeps) a few decimals turns 248/255 into 0.973,
+    which taken literally selects one level fewer; snapping recovers the level the slider meant.
+    """
+    return round(check_threshold(t) * 255) / 255
+
+
 def _assign_where(out: np.ndarray, value, mask: np.ndarray) -> None:
     """``out[mask] = value`` for uint8 ``out`` without branches: numpy's masked assignment
     costs ~20 ns per voxel on random masks, these four vectorised byte operations ~1 ns."""
