@@ -364,6 +364,8 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None,
     bundle.provenance["training"].update({"steps_done": state.step, "seconds": round(state.seconds, 1),
                                           "voxel_samples": state.samples, "processes": world,
                                           "device": str(device), "precision": precision})
+    if device.type == "cuda":  # which GPU, for anyone comparing training times later
+        bundle.provenance["training"]["device_name"] = torch.cuda.get_device_name(device)
     plot_learning_curves(state.history, class_names, work / "learning_curve.png", "MultiTaskSeg training")
     if config.evaluate_at_end and test_cases:
         report(progress, 1.0, "Evaluating on held-out cases")
