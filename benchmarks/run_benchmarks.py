@@ -172,8 +172,8 @@ def gpu_section(gpu: dict) -> list:
                      f"{entry['conv_stack_flops_per_second'] / 1e12:.0f} | {100 * entry['conv_stack_fraction_of_attainable']:.0f}% |")
     blocks = train["dense_blocks"]
     lines += ["", f"¹ timed on {patch['fp32']['timed_voxels']:,} random brain voxels in batches of {patch['fp32']['batch']}, "
-              "extrapolated. The first end-to-end run includes cuDNN's kernel search; the figures are the best "
-              "later run. fp32 convolutions use TF32 tensor cores (PyTorch's cuDNN default), hence their share "
+              "extrapolated. The first end-to-end run includes choosing the kernels; the figures are the best "
+              f"later run. cuDNN autotuning (cudnn.benchmark): {autotune_note(gpu)}. fp32 convolutions use TF32 tensor cores (PyTorch's cuDNN default), hence their share "
               "of the no-TF32 matrix rate. The conv stack is a small part of the GPU's end-to-end time: reading, "
               "resampling and the labelmap run on the CPU.", "",
               f"CTA-sized volume (512 x 512 x 300, fp16): {cta['seconds']:.1f} s end to end ({cta['seconds_first_run']:.1f} s "
@@ -185,6 +185,17 @@ def gpu_section(gpu: dict) -> list:
               f"(24 x 24^3) {blocks['voxel_samples_per_second']:,.0f}, {train['dense_over_patches_batch_210']:.0f}x the paper's "
               f"batch, GPU peak {blocks['gpu_peak_bytes'] / 2**30:.1f} GiB.", ""]
     return lines
+
+
+def autotune_note(gpu: dict) -> str:
+    tuned = gpu.get("end_to_end_autotuned", {}).get("fp16")
+    if "cudnn_autotune" not in gpu["end_to_end"]["fp16"]:
+        return ("on in every run of this file (Segmenter turned it on then), so each first run includes its "
+                "search; Segmenter now leaves it off")
+    if tuned:
+        return (f"off (Segmenter's default); with it on, the fp16 brain's first run took {tuned['seconds_first_run']:.1f} s "
+                f"and later runs {tuned['seconds']:.2f} s")
+    return "off (Segmenter's default)"
 
 
 def goals(inference, memory, gpu=None) -> list:
