@@ -100,6 +100,10 @@ def test_training_writes_a_valid_bundle_with_report(tiny_datasets, tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert {r["task"] for r in report["cases"]} == {"breast", "coronary"}
     assert (tmp_path / "report.md").exists() and (tmp_path / "learning_curve.png").stat().st_size > 1000
+    # the report gives each chosen threshold's exact stored level, which the bundle carries
+    report_md = (tmp_path / "report.md").read_text()
+    for index, t in loaded.default_thresholds.items():
+        assert f"{round(t * 255)}/255" in report_md
     saved = loaded.model.state_dict()
     for name, value in bundle.model.state_dict().items():
         if not name.endswith("num_batches_tracked"):  # a counter bundles do not keep

@@ -17,7 +17,7 @@ from .cases import PreparedCase
 from .dense import DenseOptions, dense_probabilities
 from .metrics import alien_class_rate, dice_per_class, optimal_operating_point
 from .progress import CancelCheck, ProgressCallback, check_cancel, report
-from .thresholds import ProbabilityMaps
+from .thresholds import ProbabilityMaps, threshold_to_level
 
 
 def case_probabilities(bundle: ModelBundle, case: PreparedCase, device: torch.device, precision: str) -> np.ndarray:
@@ -95,7 +95,10 @@ def write_report(results: dict, bundle: ModelBundle, prefix: Path) -> None:
         lines += ["## Precision-recall optimal operating points (pooled over the task's test cases)", "",
                   "| class | threshold | Dice | precision | recall |", "|---|---|---|---|---|"]
         for name, p in results["operating_points"].items():
-            lines.append(f"| {name} | {p['threshold']:.3f} | {p['dice']:.3f} | {p['precision']:.3f} | {p['recall']:.3f} |")
+            # the exact level too: 0.973 typed back in selects one level fewer than 248/255
+            level = threshold_to_level(p["threshold"])
+            lines.append(f"| {name} | {p['threshold']:.3f} ({level}/255) | {p['dice']:.3f} | {p['precision']:.3f} | "
+                         f"{p['recall']:.3f} |")
         lines.append("")
     lines += ["## Per case", "", "| case | task | Dice per class | alien-class rate |", "|---|---|---|---|"]
     for r in results["cases"]:
