@@ -183,3 +183,16 @@ def test_vectorised_rule_equals_voxelwise_rule(seed, selected, t_pec, t_cor, sla
         thresholds_module._SLAB_VOXELS = original
     levels = {c: threshold_to_level(t) for c, t in ((PEC, t_pec), (COR, t_cor)) if c in selected}
     assert np.array_equal(got, reference_labelmap(data, selected, levels))
+
+
+def test_background_outside_sets_background_certain_and_keeps_inside_untouched():
+    from MultiTaskSegLib.thresholds import background_outside
+
+    rng = np.random.default_rng(0)
+    probabilities = rng.integers(0, 256, (4, 3, 5, 6), dtype=np.uint8)
+    inside = rng.random((3, 5, 6)) > 0.5
+    expected = probabilities.copy()
+    expected[:, ~inside] = 0
+    expected[0, ~inside] = 255
+    assert background_outside(probabilities, inside) is probabilities
+    np.testing.assert_array_equal(probabilities, expected)

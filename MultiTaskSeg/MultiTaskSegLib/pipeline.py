@@ -20,7 +20,7 @@ from .errors import InputError
 from .geometry import Volume, from_canonical, to_canonical, validate_volume
 from .normalization import normalize, resolve_modality
 from .progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
-from .thresholds import ProbabilityMaps
+from .thresholds import ProbabilityMaps, background_outside
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -152,9 +152,6 @@ class Segmenter:
         report(progress, 0.9, "Resampling to the input grid")
         on_input = from_canonical(probabilities, grid, interpolation="linear")
         del probabilities
-        inside = np.asarray(volume.array) > 0  # the paper's rule: only intensity > 0 is classified
-        # one multiplication over all classes: boolean indexing per class took 4.4 s of a 512^2 x 300 CT
-        on_input *= inside
-        np.putmask(on_input[0], ~inside, 255)
+        background_outside(on_input, np.asarray(volume.array) > 0)
         report(progress, 1.0, "Done")
         return ProbabilityMaps(on_input, self.bundle.classes, selected, self.bundle.default_thresholds)

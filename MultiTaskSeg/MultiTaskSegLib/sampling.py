@@ -135,6 +135,15 @@ def sample_batch(cases_by_task: Mapping[str, Sequence[PreparedCase]], task_class
                  torch.from_numpy(np.stack(masks)), tasks)
 
 
+def weighted_batches(cases_by_task: Mapping[str, Sequence[PreparedCase]], task_classes: Mapping[str, Sequence[int]],
+                     modalities: Mapping[str, str], blocks_per_task: int, block: int, halo: int,
+                     rng: np.random.Generator, augmentation: bool = True):
+    """Endless (crops, labels, mask, loss weights) of ``sample_batch`` batches drawn from ``rng``."""
+    while True:
+        batch = sample_batch(cases_by_task, task_classes, modalities, blocks_per_task, block, halo, rng, augmentation)
+        yield batch.crops, batch.labels, batch.mask, balanced_weights(batch.labels, batch.mask, batch.tasks)
+
+
 class BatchStream(torch.utils.data.IterableDataset):
     """Endless training batches, (crops, labels, mask, loss weights), for a DataLoader.
 
@@ -154,9 +163,7 @@ class BatchStream(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         rng = np.random.default_rng(self.seed + [info.id if info else 0])
-        while True:
-            batch = sample_batch(*self.args, rng, self.augmentation)
-            yield batch.crops, batch.labels, batch.mask, balanced_weights(batch.labels, batch.mask, batch.tasks)
+        yield from weighted_batches(*self.args, rng, self.augmentation)
 
 
 def balanced_weights(labels: torch.Tensor, mask: torch.Tensor, tasks: Sequence[str]) -> torch.Tensor:

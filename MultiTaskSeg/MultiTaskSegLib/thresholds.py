@@ -95,6 +95,15 @@ def nearest_level_threshold(t: float) -> float:
     return round(check_threshold(t) * 255) / 255
 
 
+def background_outside(probabilities: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """In place on uint8 (C, ...) probabilities: voxels not ``inside`` become background with
+    probability 1 (the paper classifies only intensity > 0). One multiplication over all classes:
+    boolean indexing per class took 4.4 s of a 512^2 x 300 CT."""
+    probabilities *= inside
+    np.putmask(probabilities[0], ~inside, 255)
+    return probabilities
+
+
 def _assign_where(out: np.ndarray, value, mask: np.ndarray) -> None:
     """``out[mask] = value`` for uint8 ``out`` without branches: numpy's masked assignment
     costs ~20 ns per voxel on random masks, these four vectorised byte operations ~1 ns."""

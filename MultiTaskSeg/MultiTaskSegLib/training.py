@@ -35,7 +35,7 @@ from .model import Architecture
 from .errors import InputError
 from .evaluation import evaluate_cases, write_report
 from .progress import CancelCheck, ProgressCallback, check_cancel, report
-from .sampling import BatchStream, balanced_weights, sample_batch, validation_blocks
+from .sampling import BatchStream, validation_blocks, weighted_batches
 from .terminology import DEFAULT_CLASSES, DEFAULT_TASKS
 
 
@@ -130,10 +130,8 @@ def training_batches(config: TrainConfig, cases_by_task, task_classes, modalitie
     resumes) without workers, else by DataLoader workers seeded by seed, rank and the first step."""
     workers = _workers(config, device)
     if workers == 0:
-        while True:
-            batch = sample_batch(cases_by_task, task_classes, modalities, config.blocks_per_task, config.block, halo,
-                                 rng, config.augmentation)
-            yield batch.crops, batch.labels, batch.mask, balanced_weights(batch.labels, batch.mask, batch.tasks)
+        yield from weighted_batches(cases_by_task, task_classes, modalities, config.blocks_per_task, config.block,
+                                    halo, rng, config.augmentation)
     stream = BatchStream(cases_by_task, task_classes, modalities, config.blocks_per_task, config.block, halo,
                          [config.seed, rank, first_step], config.augmentation)
     yield from torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4,
