@@ -128,3 +128,14 @@ def test_asking_for_a_missing_gpu_says_what_to_do():
     with pytest.raises(InputError, match="--device cpu"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_dilated_by_one_voxel_is_the_3x3x3_cube_dilation():
+    from scipy import ndimage
+
+    from MultiTaskSegLib.pipeline import dilated_by_one_voxel
+
+    mask = np.random.default_rng(0).random((7, 9, 8)) > 0.93
+    expected = ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3), bool))
+    np.testing.assert_array_equal(dilated_by_one_voxel(mask), expected)
+    assert not dilated_by_one_voxel(np.zeros((3, 3, 3), bool)).any()

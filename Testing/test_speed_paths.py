@@ -194,7 +194,7 @@ def test_device_choices_are_sane():
 
 def test_plane_group_boxes_classify_every_mask_voxel_exactly():
     """On a round foreground the per-plane-group boxes skip corners of the slab's box; the mask's
-    voxels still get exactly the whole-box result, and skipped voxels are background."""
+    voxels still get exactly the whole-box result, and every other voxel is background."""
     model = small_random_bundle(seed=6).model
     shape = (12, 14, 13)
     zz, yy, xx = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in shape], indexing="ij")
@@ -204,6 +204,63 @@ def test_plane_group_boxes_classify_every_mask_voxel_exactly():
     fast = dense_probabilities(model, volume, mask, "cpu", options)
     whole = softmax_uint8(dense_logits(model, volume))
     assert np.abs(fast[:, mask].astype(int) - whole[:, mask].astype(int)).max() <= 1
-    skipped = fast[0] == 255
-    assert skipped.sum() > 0.1 * mask.size, "the sphere's corners should be skipped"
-    assert not np.any(skipped & mask & (whole[0] < 250))
+    assert np.all(fast[0][~mask] == 255) and not fast[1:][:, ~mask].any()
+    assert not np.any((fast[0] == 255) & mask & (whole[0] < 250))
+
+
+def test_plane_group_boxes_run_the_conv_stack_on_less_than_the_slab_box(monkeypatch):
+    model = dense.inference_model(small_random_bundle(seed=6).model, "fp32")
+    shape = (12, 14, 13)
+    zz, yy, xx = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in shape], indexing="ij")
+    mask = zz ** 2 + yy ** 2 + xx ** 2 <= 5.5 ** 2
+    volume = np.where(mask, 1.0, 0.0).astype(np.float32)
+    flops = []
+    features = model.features
+
+    def counted(planes):
+        flops.append(conv_stack_flops(model.arch, planes.shape[0], planes.shape[2], planes.shape[3]))
+        return features(planes)
+
+    monkeypatch.setattr(model, "features", counted)
+    dense_probabilities(model, volume, mask, "cpu", DenseOptions(planes_per_batch=2))
+    with_groups, flops[:] = sum(flops), []
+    dense_probabilities(model, volume, mask, "cpu", DenseOptions(planes_per_batch=12))  # one group: the box
+    assert with_groups < 0.9 * sum(flops)
+
+
+def test_conv_layer_outputs_stay_below_the_heap_threshold():
+    """Each layer's output (the first one in fp32) must fit under glibc's mmap threshold while the
+    conv stack runs, or every layer would fault in fresh memory (see CONV_BATCH_BYTES)."""
+    arch = Architecture(num_classes=9)
+    for size in (60, 232, 420, 562):
+        planes = dense._planes_per_batch(DenseOptions(), arch, size, size, 2, torch.device("cpu"))
+        first_layer_fp32 = planes * arch.n_filters * (size - 2) ** 2 * 4
+        assert planes == 1 or first_layer_fp32 < dense.MMAP_THRESHOLD_INSIDE_CONV
+
+
+class RecordingLibc:
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, option, value):
+        self.calls.append(("mallopt", option, value))
+
+    def malloc_trim(self, pad):
+        self.calls.append(("malloc_trim", pad))
+
+
+def test_heap_settings_are_restored_after_the_conv_stack_even_on_errors(monkeypatch):
+    libc = RecordingLibc()
+    monkeypatch.setattr(dense, "_glibc", lambda: libc)
+    with pytest.raises(KeyboardInterrupt):
+        with dense._heap_reused_by_conv_layers(torch.device("cpu")):
+            assert ("mallopt", dense.M_MMAP_THRESHOLD, dense.MMAP_THRESHOLD_INSIDE_CONV) in libc.calls
+            libc.calls.clear()
+            raise KeyboardInterrupt
+    assert libc.calls == [("mallopt", dense.M_MMAP_THRESHOLD, dense.MMAP_THRESHOLD_OUTSIDE_CONV),
+                          ("mallopt", dense.M_TRIM_THRESHOLD, dense.GLIBC_DEFAULT_TRIM_THRESHOLD),
+                          ("malloc_trim", 0)]
+    libc.calls.clear()
+    with dense._heap_reused_by_conv_layers(torch.device("cuda")):  # GPU memory is torch's own
+        pass
+    assert libc.calls == []
