@@ -233,6 +233,19 @@ def goals(inference, memory, gpu=None) -> list:
     return lines
 
 
+def elu_finding(inference: dict, peaks: dict) -> str:
+    share = inference.get("elu_share")
+    text = ("* The ELU cannot be fused: oneDNN's post-op fusion in PyTorch takes ReLU and a few others, not ELU "
+            "(`torch.ops.mkldnn._convolution_pointwise(..., 'elu', ...)`: 'Fusion behavior undefined').")
+    if share:
+        text += (f" On {share['planes']} planes of {share['plane_size']}^2 the convolutions alone run at "
+                 f"{share['conv_layers_flops_per_second'] / 1e9:.0f} GFLOP/s "
+                 f"({100 * share['conv_layers_flops_per_second'] / peaks['bf16_matmul']:.0f}% of the attainable bf16 rate); "
+                 f"the ELUs (an expm1 per element, in their own pass) take {100 * share['elu_share_of_stack_time']:.0f}% "
+                 "of the stack's time.")
+    return text
+
+
 def findings(inference: dict) -> list:
     """Why bf16 gives what it gives here, from this run's figures."""
     peaks = inference["attainable_flops_per_second"]
@@ -246,13 +259,16 @@ def findings(inference: dict) -> list:
              "* Under autocast every layer is conv, then a separate batch-norm pass and an ELU pass over the "
              "activations; folding BN into the conv weights (exact: a per-channel scale and shift) removes one of "
              "the two memory passes, and native bf16 weights remove the per-layer weight casts.",
-             "* The ELU cannot be fused: oneDNN's post-op fusion in PyTorch takes ReLU and a few others, not ELU "
-             "(`torch.ops.mkldnn._convolution_pointwise(..., 'elu', ...)`: 'Fusion behavior undefined').",
-             "* Per-plane-group foreground boxes change nothing on the mid-brain slab above (its planes fill their "
-             "boxes); they skip work only near the top and bottom of round anatomy (not measured separately end to "
-             "end). Thick slabs matter more: the memory budget now fits the whole brain in one slab, where 1 GiB at "
-             "the old 2.5 KB per voxel gave 10-plane slabs whose coronal and sagittal planes carried 50 planes of "
-             "context each.",
+             elu_finding(inference, peaks),
+             "* Layer outputs from the heap: with every allocation of 1 MiB or more served by a fresh mmap (the "
+             "setting that returns freed memory at once) and 64 MiB plane batches, each conv layer's output faulted "
+             "in new, zeroed pages. Batches now stay below glibc's 32 MiB mmap ceiling and the thresholds are raised "
+             "only while the conv stack runs, trimming the heap after each plane group (see the ablation rows).",
+             "* Per-plane-group foreground boxes skip conv work near the top and bottom of round anatomy (the "
+             "mid-brain slab above fills its boxes, so its last row's gain is the head's: it now classifies only "
+             "the samples, intensity > 0, not every voxel of the boxes). Thick slabs matter more: the memory budget "
+             "fits the whole brain in one slab, where 1 GiB at the old 2.5 KB per voxel gave 10-plane slabs whose "
+             "coronal and sagittal planes carried 50 planes of context each.",
              "* The ratio to the patch formulation is bounded by the FLOPs: a 51x51 triplanar patch costs 1.02 GFLOP, "
              "the dense path here " + f"{fastest_flops_per_voxel(inference) / 1e6:.1f}" + " MFLOP per brain voxel "
              "(valid convolutions need a 25-voxel border on every plane, and boxes hold non-brain voxels), so with "
