@@ -39,12 +39,13 @@ from MultiTaskSegLib.dense import (DenseOptions, SlabBox, conv_stack_flops, extr
                                    foreground_box, inference_model, pad_volume, patch_logits)
 
 PATCH_BATCH = 64
+ABLATION_ROUNDS = 3  # each row's figure is its best round
 
 END_TO_END = {
     # the dense formulation at full precision (BN folded, which is exact; channels-last)
-    "dense_fp32": {"precision": "fp32"},
-    # what Segmenter picks by itself on this machine
-    "fastest": {"precision": "auto"},
+    "dense_fp32": {"precision": "fp32", "runs": 1},
+    # what Segmenter picks by itself on this machine; the best of two runs (a shared virtual machine)
+    "fastest": {"precision": "auto", "runs": 2},
 }
 
 
@@ -169,23 +170,24 @@ def ablation(model, image: np.ndarray, mask: np.ndarray, z0: int = 84, z1: int =
         ("+ foreground boxes per plane group, head on the samples only (the fastest path)", "fast", grouped,
          DenseOptions("bf16", channels_last=True), heap, plain),
     ]
-    rows, seconds_of = [], {}
-    for name, path, box, options, against, setting in steps:
-        net = inference_model(model, options.precision, "cpu", options.channels_last) if path == "fast" else model.eval()
-        compute = dense.slab_probabilities if path == "fast" else dense._reference_slab_probabilities
-        with torch.inference_mode(), setting():
-            seconds = float("inf")
-            for _ in range(2):  # best of two: this is a shared virtual machine
+    seconds_of = {name: float("inf") for name, *_ in steps}
+    for round_ in range(ABLATION_ROUNDS):  # rounds, not repeats: a neighbour's burst hits every row alike
+        for name, path, box, options, against, setting in steps:
+            net = inference_model(model, options.precision, "cpu", options.channels_last) if path == "fast" else model.eval()
+            compute = dense.slab_probabilities if path == "fast" else dense._reference_slab_probabilities
+            with torch.inference_mode(), setting():
                 start = time.perf_counter()
                 compute(net, image, box, options, torch.device("cpu"))
-                seconds = min(seconds, time.perf_counter() - start)
-        seconds_of[name] = seconds
+                seconds_of[name] = min(seconds_of[name], time.perf_counter() - start)
+            print(f"  ablation round {round_ + 1}: {name}: {seconds_of[name]:.1f} s (best so far)", flush=True)
+    rows = []
+    for name, path, box, options, against, setting in steps:
+        seconds = seconds_of[name]
         rows.append({"configuration": name, "seconds": round(seconds, 2),
                      "speedup_over_reference_fp32": round(seconds_of[reference_fp32] / seconds, 2),
                      "compared_with": against,
                      "gain_over_compared": round(seconds_of[against] / seconds, 2) if against else None,
                      "target_voxels_per_second": round(target_voxels / seconds)})
-        print(f"  ablation: {name}: {seconds:.1f} s", flush=True)
     return rows
 
 
@@ -285,6 +287,7 @@ def main() -> None:
         entry["volume_voxels_per_second"] = voxels / entry["extrapolated_seconds_for_brain"]
 
     print("ablation on one slab ...", flush=True)
+    result["ablation_rounds"] = ABLATION_ROUNDS
     result["ablation_slab"] = ablation(bundle.model, image, mask, *((4, 8) if args.smoke else ()))
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -296,10 +299,15 @@ def main() -> None:
             if args.quick and name != "fastest":
                 continue
             print(f"end to end: {name} ...", flush=True)
-            load_before = os.getloadavg()[0]
-            child = run_child(Path(__file__), ["--worker", "--input", str(image_file), "--model", str(model_file),
-                                               "--precision", settings["precision"], "--device", args.device])
-            child["load_average_1min_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+            runs = []
+            for _ in range(settings["runs"]):  # each in a fresh process; the fastest is reported
+                load_before = os.getloadavg()[0]
+                run = run_child(Path(__file__), ["--worker", "--input", str(image_file), "--model", str(model_file),
+                                                 "--precision", settings["precision"], "--device", args.device])
+                run["load_average_1min_before_after"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+                runs.append(run)
+            child = min(runs, key=lambda run: run["seconds_end_to_end"])
+            child["seconds_end_to_end_all_runs"] = [round(run["seconds_end_to_end"], 2) for run in runs]
             child["volume_voxels_per_second"] = voxels / child["seconds_end_to_end"]
             child["conv_stack_flops_per_second"] = child["conv_stack_flops"] / max(1e-9, child["seconds_conv_stack"])
             peak_key = "bf16_matmul" if child["precision"] == "bf16" else "fp32_matmul"
