@@ -271,8 +271,14 @@ def findings(inference: dict) -> list:
              "setting that returns freed memory at once), each conv layer's output faulted in new, zeroed pages. "
              "Plane batches now stay below glibc's 32 MiB mmap ceiling (they were 64 MiB, above it whatever the "
              "setting), the thresholds are raised only while the conv stack runs, and the heap is trimmed after "
-             "each plane group. The smaller batches also mean smaller plane groups whose boxes follow round anatomy "
-             "closer: the brain's conv stack fell from 5.44 to 4.74 TFLOP (2026-11-22, before and after).",
+             "each plane group. In a fresh process (the CLI, the end-to-end rows above) this made the brain's conv "
+             "stack 1.2x faster: 197-208 against 158-169 GFLOP/s in two A/B pairs, and 4.9 against 5.9 s on the "
+             "ablation slab in three (2026-11-22). In this benchmark's process the ablation rows show the opposite "
+             "(the heap row slower than the fresh-mmap row): the same A/B run after one pass of the network as "
+             "trained (autocast, whose allocations leave glibc's heap laid out differently) read 6.1/5.8 s from the "
+             "heap against 5.1/6.0 s from fresh mmaps, so after such a history the gain is not there. The smaller "
+             "batches also mean smaller plane groups whose boxes follow round anatomy closer: the brain's conv "
+             "stack fell from 5.44 to 4.74 TFLOP.",
              "* Per-plane-group foreground boxes skip conv work near the top and bottom of round anatomy (the "
              "mid-brain slab above fills its boxes, so its last row's gain is the head's: it now classifies only "
              "the samples, intensity > 0, not every voxel of the boxes). Thick slabs matter more: the memory budget "
@@ -282,7 +288,10 @@ def findings(inference: dict) -> list:
              "the dense path here " + f"{fastest_flops_per_voxel(inference) / 1e6:.1f}" + " MFLOP per brain voxel "
              "(valid convolutions need a 25-voxel border on every plane, and boxes hold non-brain voxels), so with "
              "both at the same efficiency dense fp32 could be at most ~" + f"{1.02e9 / fastest_flops_per_voxel(inference):.0f}"
-             + "x the fp32 patches, and bf16 adds the ratio of the two attainable rates.",
+             + "x the fp32 patches, and bf16 adds the ratio of the two attainable rates: at most ~"
+             + f"{1.02e9 / fastest_flops_per_voxel(inference) * peaks['bf16_matmul'] / peaks['fp32_matmul']:.0f}"
+             + "x with both at the same share of their peak, so 1000x is out of reach on this CPU (it would need the "
+             "dense path above its attainable rate, or a CPU whose bf16 runs far faster than its fp32, such as AMX).",
              "* Timing noise: this is a 2-vCPU virtual machine shared with other sessions. Between runs on the same "
              "day the attainable bf16 rate read 246-388 GFLOP/s and fp32 patches 8.6-38 ms per voxel when other "
              "processes ran; the inference figures above come from a run with none (see the load averages).",
