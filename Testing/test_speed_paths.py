@@ -264,3 +264,23 @@ def test_heap_settings_are_restored_after_the_conv_stack_even_on_errors(monkeypa
     with dense._heap_reused_by_conv_layers(torch.device("cuda")):  # GPU memory is torch's own
         pass
     assert libc.calls == []
+
+
+def test_a_plane_group_trims_the_heap_only_once_it_has_grown(monkeypatch):
+    """Trimming after every group re-faults its pages; never trimming lets fragmentation grow."""
+    libc = RecordingLibc()
+    monkeypatch.setattr(dense, "_glibc", lambda: libc)
+    resident = [1 << 30]
+    monkeypatch.setattr(dense, "_resident_bytes", lambda: resident[0])
+    with dense._heap_reused_by_conv_layers(torch.device("cpu")) as after_group:
+        libc.calls.clear()
+        resident[0] += dense.HEAP_GROWTH_BEFORE_TRIM // 2
+        after_group()
+        assert libc.calls == []
+        resident[0] += dense.HEAP_GROWTH_BEFORE_TRIM
+        after_group()
+        assert libc.calls == [("malloc_trim", 0)]
+
+
+def test_resident_bytes_reads_this_process():
+    assert dense._resident_bytes() > 10 << 20  # python and torch alone are more than this

@@ -134,16 +134,15 @@ def patch_formulation(model, image: np.ndarray, mask: np.ndarray, n: int, fast: 
 def layer_outputs_in_fresh_mappings():
     """The memory setting before this change: every allocation of 1 MiB or more by mmap for the whole
     pass, so each conv layer's output faults in a fresh, zeroed mapping (same plane batches)."""
-    saved = dense._heap_reused_by_conv_layers, dense._trim_heap
+    saved = dense._heap_reused_by_conv_layers
     libc = dense._glibc()
-    dense._heap_reused_by_conv_layers = lambda device: contextlib.nullcontext()
-    dense._trim_heap = lambda: None
+    dense._heap_reused_by_conv_layers = lambda device: contextlib.nullcontext(lambda: None)
     if libc is not None:
         libc.mallopt(dense.M_MMAP_THRESHOLD, 1 << 20)
     try:
         yield
     finally:
-        dense._heap_reused_by_conv_layers, dense._trim_heap = saved
+        dense._heap_reused_by_conv_layers = saved
 
 
 def ablation(model, image: np.ndarray, mask: np.ndarray, z0: int = 84, z1: int = 96) -> list:

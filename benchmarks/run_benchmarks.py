@@ -270,8 +270,9 @@ def findings(inference: dict) -> list:
              "* Layer outputs from the heap: with every allocation of 1 MiB or more served by a fresh mmap (the "
              "setting that returns freed memory at once), each conv layer's output faulted in new, zeroed pages. "
              "Plane batches now stay below glibc's 32 MiB mmap ceiling (they were 64 MiB, above it whatever the "
-             "setting), the thresholds are raised only while the conv stack runs, and the heap is trimmed after "
-             "each plane group. In a fresh process (the CLI, the end-to-end rows above) this made the brain's conv "
+             "setting), the thresholds are raised only while the conv stack runs, and a plane group ends with a heap "
+             "trim once resident memory has grown by 96 MiB (trimming after every group re-faulted its pages, ~10% "
+             "slower; never trimming let fragmentation grow the brain's heap by ~0.2 GB). In a fresh process (the CLI, the end-to-end rows above) this made the brain's conv "
              "stack 1.2x faster: 197-208 against 158-169 GFLOP/s in two A/B pairs, and 4.9 against 5.9 s on the "
              "ablation slab in three (2026-11-22). In this benchmark's process the ablation rows show the opposite "
              "(the heap row slower than the fresh-mmap row): the same A/B run after one pass of the network as "
@@ -281,7 +282,9 @@ def findings(inference: dict) -> list:
              "stack fell from 5.44 to 4.74 TFLOP.",
              "* Per-plane-group foreground boxes skip conv work near the top and bottom of round anatomy (the "
              "mid-brain slab above fills its boxes, so its last row's gain is the head's: it now classifies only "
-             "the samples, intensity > 0, not every voxel of the boxes). Thick slabs matter more: the memory budget "
+             "the samples, intensity > 0, not every voxel of the boxes, in equal chunks of 65,536: chunks of "
+             "varying size built new oneDNN kernels each and grew the heap by ~1.4 MB per chunk, which took the "
+             "CTA's peak over 4 GB). Thick slabs matter more: the memory budget "
              "fits the whole brain in one slab, where 1 GiB at the old 2.5 KB per voxel gave 10-plane slabs whose "
              "coronal and sagittal planes carried 50 planes of context each.",
              "* The ratio to the patch formulation is bounded by the FLOPs: a 51x51 triplanar patch costs 1.02 GFLOP, "

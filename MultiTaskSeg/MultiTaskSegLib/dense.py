@@ -375,7 +375,7 @@ def _plane_groups(mask: Optional[np.ndarray], shape: Tuple[int, int, int], group
 
 
 def _features_into(model: TriplanarCNN, crop: torch.Tensor, target: torch.Tensor, mask: Optional[np.ndarray],
-                   batch: int, channels_last: bool) -> None:
+                   batch: int, channels_last: bool, after_group: Callable[[], None] = lambda: None) -> None:
     """Conv-stack features of one orientation's planes, written into ``target`` (P, R, C, F), a view.
 
     ``crop`` (P, R + 2h, C + 2h) holds the planes with their context; only each plane group's
@@ -386,8 +386,7 @@ def _features_into(model: TriplanarCNN, crop: torch.Tensor, target: torch.Tensor
         planes = crop[p0:p1, r0:r1 + 2 * h, c0:c1 + 2 * h, None].permute(0, 3, 1, 2)
         planes = planes.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         target[p0:p1, r0:r1, c0:c1] = model.features(planes).permute(0, 2, 3, 1)
-        if target.device.type == "cpu":
-            _trim_heap()
+        after_group()
 
 
 def _head_probabilities(model: TriplanarCNN, features: torch.Tensor) -> torch.Tensor:
@@ -444,26 +443,26 @@ def slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: Box, option
     itemsize = features.element_size()
     cl = options.channels_last
     # axial planes (z, y, x); coronal (y, z, x); sagittal (x, z, y): each written into (z, y, x, F)
-    with _heap_reused_by_conv_layers(device):
+    with _heap_reused_by_conv_layers(device) as after_group:
         _features_into(model, crop[h:h + dz], features[..., :f], groups_mask,
-                       _planes_per_batch(options, model.arch, dy + 2 * h, dx + 2 * h, itemsize, device), cl)
+                       _planes_per_batch(options, model.arch, dy + 2 * h, dx + 2 * h, itemsize, device), cl, after_group)
         _features_into(model, crop[:, h:h + dy].permute(1, 0, 2), features[..., f:2 * f].permute(1, 0, 2, 3),
                        None if groups_mask is None else groups_mask.transpose(1, 0, 2),
-                       _planes_per_batch(options, model.arch, dz + 2 * h, dx + 2 * h, itemsize, device), cl)
+                       _planes_per_batch(options, model.arch, dz + 2 * h, dx + 2 * h, itemsize, device), cl, after_group)
         _features_into(model, crop[:, :, h:h + dx].permute(2, 0, 1), features[..., 2 * f:].permute(2, 0, 1, 3),
                        None if groups_mask is None else groups_mask.transpose(2, 0, 1),
-                       _planes_per_batch(options, model.arch, dz + 2 * h, dy + 2 * h, itemsize, device), cl)
+                       _planes_per_batch(options, model.arch, dz + 2 * h, dy + 2 * h, itemsize, device), cl, after_group)
     del crop
-    classified = (torch.ones(dz * dy * dx, dtype=torch.bool) if sample is None
-                  else torch.from_numpy(np.ascontiguousarray(sample).reshape(-1)))
     flat = features.reshape(-1, 3 * f)
     out = torch.zeros((dz * dy * dx, model.arch.num_classes), dtype=torch.uint8)
     out[:, 0] = 255
-    for start in range(0, flat.shape[0], HEAD_CHUNK_VOXELS):  # chunks: no full-size copy of the features
-        chosen = classified[start:start + HEAD_CHUNK_VOXELS]
-        if chosen.any():
-            chunk = flat[start:start + HEAD_CHUNK_VOXELS][chosen.to(device)]
-            out[start:start + HEAD_CHUNK_VOXELS][chosen] = _head_probabilities(model, chunk).cpu()
+    # Equal-sized chunks of the samples: every distinct row count would build (and cache) new oneDNN
+    # matmul kernels, which grew the heap by ~1.4 MB per chunk when chunks followed the mask.
+    samples = (torch.arange(flat.shape[0]) if sample is None
+               else torch.from_numpy(np.flatnonzero(sample).astype(np.int32)))
+    for start in range(0, samples.shape[0], HEAD_CHUNK_VOXELS):
+        rows = samples[start:start + HEAD_CHUNK_VOXELS]
+        out[rows] = _head_probabilities(model, flat[rows.to(device)]).cpu()
     return out.reshape(dz, dy, dx, -1)
 
 
@@ -499,17 +498,23 @@ GLIBC_DEFAULT_TRIM_THRESHOLD = 128 << 10
 # Outside the conv layers: allocations >= 1 MiB by mmap, so freed head chunks and whole-volume
 # arrays go back to the system at once (measured: 2.44 -> 1.72 GB peak on a 150 x 256 x 256 CT).
 MMAP_THRESHOLD_OUTSIDE_CONV = 1 << 20
-# Inside them: glibc's largest threshold, and the heap trimmed after each plane group rather than on
-# every free, so every layer's output (kept below it by CONV_BATCH_BYTES) reuses the heap instead of
-# faulting in a fresh, zeroed mapping; the trims keep the heap to one group's activations.
+# Inside them: glibc's largest threshold and no trimming on free, so every layer's output (kept below
+# it by CONV_BATCH_BYTES) reuses the heap instead of faulting in a fresh, zeroed mapping.
 MMAP_THRESHOLD_INSIDE_CONV = 32 << 20
 TRIM_THRESHOLD_INSIDE_CONV = 256 << 20
+# Resident growth over the conv pass's start after which a plane group ends with a heap trim:
+# fragmentation across differently shaped groups grew the brain's heap by ~0.2 GB untrimmed, while
+# trimming after every group re-faulted its pages each time (~10% slower on a brain slab).
+HEAP_GROWTH_BEFORE_TRIM = 96 << 20
 
 
-def _trim_heap() -> None:
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
+def _resident_bytes() -> int:
+    """This process's resident memory now (Linux), or 0 where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _return_freed_memory_to_the_system() -> None:
@@ -526,21 +531,28 @@ def _return_freed_memory_to_the_system() -> None:
 
 
 @contextlib.contextmanager
-def _heap_reused_by_conv_layers(device: torch.device):
+def _heap_reused_by_conv_layers(device: torch.device) -> Iterator[Callable[[], None]]:
     """glibc, CPU: serve the conv layers' outputs from the heap while the conv stack runs.
 
-    A fresh mmap per layer output costs page faults and zeroing: measured at ~30% of the conv stack's
-    time (170-180 GFLOP/s against 225-255 from the heap, bf16 on 232^2 planes). Afterwards the
+    A fresh mmap per layer output costs page faults and zeroing: measured at ~20% of the brain's conv
+    stack in a fresh process (158-169 against 197-208 GFLOP/s). Yields the call to make after each
+    plane group, which trims the heap once it has grown by HEAP_GROWTH_BEFORE_TRIM; afterwards the
     thresholds are set back and the heap trimmed (``_return_freed_memory_to_the_system``).
     """
     libc = _glibc() if device.type == "cpu" else None
     if libc is None:
-        yield
+        yield lambda: None
         return
     libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_INSIDE_CONV)
     libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_INSIDE_CONV)
+    start = _resident_bytes()
+
+    def after_group() -> None:
+        if _resident_bytes() - start > HEAP_GROWTH_BEFORE_TRIM:
+            libc.malloc_trim(0)
+
     try:
-        yield
+        yield after_group
     finally:
         _return_freed_memory_to_the_system()
 
