@@ -100,7 +100,7 @@ def table() -> str:
                              f"{e['peak_rss_bytes'] / 2**30:.2f} GiB | {gflops(e['conv_stack_flops_per_second'])} | "
                              f"{100 * e['conv_stack_fraction_of_attainable']:.0f}% of {e['fraction_measured_against'].split('_')[0]} |")
         lines += ["",
-                  f"¹ timed on {inference['patch']['fp32']['timed_voxels']} random brain voxels and extrapolated to all "
+                  f"¹ timed on {inference['patch']['fp32']['timed_voxels']} random brain voxels (best of {len(inference['patch']['fp32'].get('rounds_seconds', [0]))} rounds) and extrapolated to all "
                   "brain voxels (only voxels > 0 are classified, as in the dense path).",
                   "² end to end from the NIfTI file: read, resample, normalise, network, back to the input grid, "
                   "labelmap; in a fresh process (its ru_maxrss is the peak RSS). Conv-stack FLOPs are counted exactly "
