@@ -208,6 +208,16 @@ def test_plane_group_boxes_classify_every_mask_voxel_exactly():
     assert not np.any((fast[0] == 255) & mask & (whole[0] < 250))
 
 
+def test_the_reference_path_classifies_the_same_samples_as_the_fast_path():
+    model = small_random_bundle(seed=7).model
+    volume = np.random.default_rng(4).normal(0.3, 0.5, (6, 10, 9)).astype(np.float32)
+    mask = volume > 0
+    reference = dense_probabilities(model, volume, mask, "cpu", DenseOptions(fold_batchnorm=False))
+    fast = dense_probabilities(model, volume, mask, "cpu", DenseOptions())
+    assert np.all(reference[0][~mask] == 255) and not reference[1:][:, ~mask].any()
+    assert np.abs(reference.astype(int) - fast.astype(int)).max() <= 1
+
+
 def test_plane_group_boxes_run_the_conv_stack_on_less_than_the_slab_box(monkeypatch):
     model = dense.inference_model(small_random_bundle(seed=6).model, "fp32")
     shape = (12, 14, 13)

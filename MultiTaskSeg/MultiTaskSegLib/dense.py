@@ -46,6 +46,7 @@ from torch import nn
 
 from .model import Architecture, TriplanarCNN
 from .progress import CancelCheck, ProgressCallback, check_cancel, report
+from .thresholds import background_outside
 
 Box = Tuple[int, int, int, int, int, int]  # z0, z1, y0, y1, x0, x1 (half-open), unpadded coordinates
 
@@ -475,8 +476,10 @@ def _reference_slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: 
     batch = options.planes_per_batch or 64
     with autocast(device, options.precision):
         logits = crops_logits(model, crop[None], batch, options.channels_last)[0]  # (z, C, y, x)
-    probs = torch.softmax(logits.float(), dim=1).mul_(255).round_().to(torch.uint8)
-    return probs.permute(0, 2, 3, 1).cpu()
+    probs = torch.softmax(logits.float(), dim=1).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    if isinstance(box, SlabBox) and box.mask is not None:  # the same samples as the fast path
+        background_outside(np.moveaxis(probs.numpy(), -1, 0), box.mask)
+    return probs
 
 
 # --------------------------------------------------------------------------------------------------

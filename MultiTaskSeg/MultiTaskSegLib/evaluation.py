@@ -17,14 +17,13 @@ from .cases import PreparedCase
 from .dense import DenseOptions, dense_probabilities
 from .metrics import alien_class_rate, dice_per_class, optimal_operating_point
 from .progress import CancelCheck, ProgressCallback, check_cancel, report
-from .thresholds import ProbabilityMaps, background_outside, threshold_to_level
+from .thresholds import ProbabilityMaps, threshold_to_level
 
 
 def case_probabilities(bundle: ModelBundle, case: PreparedCase, device: torch.device, precision: str) -> np.ndarray:
     """uint8 probabilities (C, z, y, x) of a prepared case; non-sample voxels are background."""
     options = DenseOptions(precision=precision, channels_last=device.type == "cpu" and precision != "fp32")
-    probs = dense_probabilities(bundle.model.to(device), case.image, case.mask, device, options)
-    return background_outside(probs, case.mask)
+    return dense_probabilities(bundle.model.to(device), case.image, case.mask, device, options)
 
 
 def evaluate_cases(bundle: ModelBundle, cases: Sequence[PreparedCase], device: torch.device | str = "cpu",
