@@ -38,43 +38,41 @@ def build_training_data(out_dir, n_breast_train: int = 8, n_breast_test: int = 3
     unknown = set(tasks) - set(TASKS)
     if unknown or not tasks:
         raise OutputError(f"Unknown or no task(s) {sorted(unknown)}: choose one or more of {', '.join(TASKS)}.")
+    chosen = [task for task in TASKS if task in tasks]
     names = {"brain": BRAIN_DATASET, "breast": BREAST_DATASET, "coronary": CORONARY_DATASET}
     out = Path(out_dir).expanduser()
     if not overwrite:
-        existing = [names[task] for task in TASKS if task in tasks and (out / names[task]).exists()]
+        existing = [names[task] for task in chosen if (out / names[task]).exists()]
         if existing:
             raise OutputError(f"{', '.join(existing)} exist(s) in {out} already: choose another folder or overwrite.")
     for count in (n_breast_train, n_breast_test, n_coronary_train, n_coronary_test):
         if count < 0:
             raise OutputError("Case counts must be zero or more.")
     check_cancel(cancel)
+    writers = {
+        "brain": lambda part: write_dataset(
+            out, BRAIN_DATASET, "MR", _labels(brain_data.BRAIN_CLASSES), _brain_cases(), task="brain",
+            overwrite=overwrite, description="MNI152 (train) and ICBM 2009a (test) T1 templates with approximate "
+            "Desikan-Killiany atlas labels grouped into six tissue classes.",
+            progress=part, cancel=cancel, expected_cases=2),
+        "breast": lambda part: write_dataset(
+            out, BREAST_DATASET, "MR", _labels(("background", "pectoral muscle")),
+            _phantom_cases(phantoms.breast_mri_phantom, "breast", n_breast_train, n_breast_test, seed),
+            task="breast", overwrite=overwrite, description="Procedural breast MRI phantoms (T1, no fat suppression).",
+            progress=part, cancel=cancel, expected_cases=n_breast_train + n_breast_test),
+        "coronary": lambda part: write_dataset(
+            out, CORONARY_DATASET, "CT", _labels(("background", "coronary arteries")),
+            _phantom_cases(phantoms.cardiac_cta_phantom, "coronary", n_coronary_train, n_coronary_test, seed),
+            task="coronary", overwrite=overwrite, description="Procedural cardiac CTA phantoms (Hounsfield units).",
+            progress=part, cancel=cancel, expected_cases=n_coronary_train + n_coronary_test),
+    }
     # each task's share of the progress bar, about as long as it takes
     spans = {"brain": 0.1, "breast": 0.4, "coronary": 0.5}
-    total = sum(spans[task] for task in tasks)
+    total = sum(spans[task] for task in chosen)
     start, datasets = 0.0, []
-    for task in TASKS:
-        if task not in tasks:
-            continue
-        part = sub_progress(progress, start / total, (start + spans[task]) / total)
+    for task in chosen:
+        datasets.append(writers[task](sub_progress(progress, start / total, (start + spans[task]) / total)))
         start += spans[task]
-        if task == "brain":
-            datasets.append(write_dataset(
-                out, BRAIN_DATASET, "MR", _labels(brain_data.BRAIN_CLASSES), _brain_cases(), task="brain",
-                overwrite=overwrite, description="MNI152 (train) and ICBM 2009a (test) T1 templates with approximate "
-                "Desikan-Killiany atlas labels grouped into six tissue classes.",
-                progress=part, cancel=cancel, expected_cases=2))
-        elif task == "breast":
-            datasets.append(write_dataset(
-                out, BREAST_DATASET, "MR", _labels(("background", "pectoral muscle")),
-                _phantom_cases(phantoms.breast_mri_phantom, "breast", n_breast_train, n_breast_test, seed),
-                task="breast", overwrite=overwrite,
-                description="Procedural breast MRI phantoms (T1, no fat suppression).", progress=part, cancel=cancel, expected_cases=n_breast_train + n_breast_test))
-        else:
-            datasets.append(write_dataset(
-                out, CORONARY_DATASET, "CT", _labels(("background", "coronary arteries")),
-                _phantom_cases(phantoms.cardiac_cta_phantom, "coronary", n_coronary_train, n_coronary_test, seed),
-                task="coronary", overwrite=overwrite, description="Procedural cardiac CTA phantoms (Hounsfield units).",
-                progress=part, cancel=cancel, expected_cases=n_coronary_train + n_coronary_test))
     return datasets
 
 

@@ -104,8 +104,10 @@ def configure_device(device: torch.device) -> None:
     GPUs: cuDNN's autotuning (``cudnn.benchmark``) is left as it is (off unless the caller turned it
     on). On an H100 it spent 9-12 s searching kernels on the first run of a brain whose conv stack
     then took 0.1 s, and every volume brings new plane shapes (its foreground boxes), so each would
-    pay the search again (benchmarks/bench_gpu.py measures the first run with and without it). Leaves the thread count alone when the user set OMP_NUM_THREADS or
-    MULTITASKSEG_THREADS says otherwise.
+    pay the search again (benchmarks/bench_gpu.py measures the first run with and without it).
+
+    Leaves the thread count alone when the user set OMP_NUM_THREADS or MULTITASKSEG_THREADS says
+    otherwise.
     """
     if device.type == "cuda":
         return

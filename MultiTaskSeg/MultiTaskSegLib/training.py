@@ -132,10 +132,11 @@ def training_batches(config: TrainConfig, cases_by_task, task_classes, modalitie
     if workers == 0:
         yield from weighted_batches(cases_by_task, task_classes, modalities, config.blocks_per_task, config.block,
                                     halo, rng, config.augmentation)
-    stream = BatchStream(cases_by_task, task_classes, modalities, config.blocks_per_task, config.block, halo,
-                         [config.seed, rank, first_step], config.augmentation)
-    yield from torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4,
-                                           pin_memory=device.type == "cuda")
+    else:
+        stream = BatchStream(cases_by_task, task_classes, modalities, config.blocks_per_task, config.block, halo,
+                             [config.seed, rank, first_step], config.augmentation)
+        yield from torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4,
+                                               pin_memory=device.type == "cuda")
 
 
 def load_training_data(datasets: Sequence[TaskDataset], work_dir: str, class_names: Sequence[str],
