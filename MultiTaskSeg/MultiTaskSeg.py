@@ -26,10 +26,10 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from MultiTaskSegLib import dependencies
-from MultiTaskSegLib.errors import Cancelled, MultiTaskSegError
-from MultiTaskSegLib.logic import MultiTaskSegLogic as EngineLogic
-from MultiTaskSegLib.thresholds import nearest_level_threshold
+from MultiTaskSegLib.slicer import dependencies
+from MultiTaskSegLib.engine.errors import Cancelled, MultiTaskSegError
+from MultiTaskSegLib.slicer.logic import MultiTaskSegLogic as EngineLogic
+from MultiTaskSegLib.engine.labelmap_rule import nearest_level_threshold
 
 POLL_INTERVAL_MS = 100
 SLIDER_DEBOUNCE_MS = 30
@@ -240,7 +240,7 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._refreshDependencies()
 
     def _fillDevices(self) -> None:
-        from MultiTaskSegLib.pipeline import available_devices
+        from MultiTaskSegLib.engine.devices import available_devices
 
         combo = self.ui.deviceComboBox
         wasBlocked = combo.blockSignals(True)
@@ -455,7 +455,7 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class MultiTaskSegLogic(EngineLogic, ScriptedLoadableModuleLogic):
-    """The engine's MRML logic (MultiTaskSegLib.logic) plus Slicer's parameter node handling.
+    """The engine's MRML logic (MultiTaskSegLib.slicer.logic) plus Slicer's parameter node handling.
 
     From Slicer's Python console::
 
@@ -500,7 +500,7 @@ class MultiTaskSegTest(ScriptedLoadableModuleTest):
         return slicer.util.addVolumeFromArray(array, ijkToRAS=obliqueIjkToRas, name="MultiTaskSegTestVolume")
 
     def _model(self):
-        from MultiTaskSegLib.bundle import default_model_path, make_random_bundle
+        from MultiTaskSegLib.engine.bundle import default_model_path, make_random_bundle
 
         return None if default_model_path().exists() else make_random_bundle(seed=0)
 

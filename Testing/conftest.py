@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from MultiTaskSegLib.bundle import ModelBundle, make_random_bundle
-from MultiTaskSegLib.geometry import Volume
-from MultiTaskSegLib.volume_io import write_volume
+from MultiTaskSegLib.engine.bundle import ModelBundle, make_random_bundle
+from MultiTaskSegLib.engine.geometry import Volume
+from MultiTaskSegLib.engine.image_io import write_volume
 
 
 def small_random_bundle(seed: int = 0) -> ModelBundle:

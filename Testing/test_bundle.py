@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from MultiTaskSegLib.bundle import (
+from MultiTaskSegLib.engine.bundle import (
     METADATA_KEY,
     bundle_from_metadata,
     load_bundle,
@@ -21,9 +21,9 @@ from MultiTaskSegLib.bundle import (
     new_bundle,
     read_metadata,
 )
-from MultiTaskSegLib.errors import ModelError
-from MultiTaskSegLib.model import Architecture, parameter_count
-from MultiTaskSegLib.terminology import DEFAULT_CLASSES
+from MultiTaskSegLib.engine.errors import ModelError
+from MultiTaskSegLib.engine.network import Architecture, parameter_count
+from MultiTaskSegLib.engine.classes import DEFAULT_CLASSES
 
 
 def _weights(bundle):

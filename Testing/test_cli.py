@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MultiTaskSegLib import cli, make_data
-from MultiTaskSegLib.bundle import load_bundle
-from MultiTaskSegLib.model import parameter_count
-from MultiTaskSegLib.pipeline import Segmenter
-from MultiTaskSegLib.volume_io import read_volume
+from MultiTaskSegLib.cli import program as cli
+
+from MultiTaskSegLib.data import make_data
+from MultiTaskSegLib.engine.bundle import load_bundle
+from MultiTaskSegLib.engine.network import parameter_count
+from MultiTaskSegLib.engine.segmenter import Segmenter
+from MultiTaskSegLib.engine.image_io import read_volume
 
 
 def run(capsys, *argv):

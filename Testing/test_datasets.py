@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from MultiTaskSegLib.datasets import load_dataset, write_dataset
-from MultiTaskSegLib.errors import InputError, OutputError
-from MultiTaskSegLib.geometry import Volume
-from MultiTaskSegLib import volume_io
+from MultiTaskSegLib.training.datasets import load_dataset, write_dataset
+from MultiTaskSegLib.engine.errors import InputError, OutputError
+from MultiTaskSegLib.engine.geometry import Volume
+from MultiTaskSegLib.engine import image_io as volume_io
 
 BUNDLE_CLASSES = ["background", "white matter", "cortical grey matter", "basal ganglia and thalami",
                   "ventricular cerebrospinal fluid", "cerebellum", "brain stem", "pectoral muscle",

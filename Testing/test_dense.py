@@ -4,9 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from MultiTaskSegLib.dense import (DenseOptions, dense_logits, dense_probabilities, extract_patches, pad_volume,
-                                   patch_logits)
-from MultiTaskSegLib.model import Architecture, TriplanarCNN, parameter_count
+from MultiTaskSegLib.engine.network import dense_logits, extract_patches, pad_volume, patch_logits
+
+from MultiTaskSegLib.engine.prepared_model import inference_model
+from MultiTaskSegLib.engine.slab_loop import dense_probabilities
+
+from MultiTaskSegLib.engine.slab_sizing import DenseOptions
+from MultiTaskSegLib.engine.network import Architecture, TriplanarCNN, parameter_count
 
 
 def randomised_model(num_classes=9, seed=0, **arch):
@@ -89,7 +93,8 @@ def test_slabs_and_foreground_box_do_not_change_the_result():
     model = randomised_model()
     whole = torch.softmax(torch.from_numpy(dense_logits(model, volume)), dim=0).numpy()
     tiny_budget = DenseOptions(memory_budget_bytes=1)  # one z-slice per slab
-    slabbed = dense_probabilities(model, volume, device="cpu", options=tiny_budget)
+    slabbed = dense_probabilities(inference_model(model, "fp32", "cpu", channels_last=False), volume, device="cpu",
+                                  options=tiny_budget)
     inside = volume > 0
     expected = np.round(whole * 255)
     assert np.abs(slabbed[:, inside].astype(int) - expected[:, inside]).max() <= 1

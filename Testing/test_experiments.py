@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from MultiTaskSegLib import phantoms
-from MultiTaskSegLib.datasets import write_dataset
-from MultiTaskSegLib.errors import InputError, OutputError
-from MultiTaskSegLib.experiments import EXPERIMENTS, class_names_of, run_experiments
-from MultiTaskSegLib.geometry import Volume
-from MultiTaskSegLib.terminology import DEFAULT_CLASSES
+from MultiTaskSegLib.data import phantoms
+from MultiTaskSegLib.training.datasets import write_dataset
+from MultiTaskSegLib.engine.errors import InputError, OutputError
+from MultiTaskSegLib.training.experiments import EXPERIMENTS, class_names_of, run_experiments
+from MultiTaskSegLib.engine.geometry import Volume
+from MultiTaskSegLib.engine.classes import DEFAULT_CLASSES
 
 BRAIN_LABELS = ("background", "white matter", "cortical grey matter", "basal ganglia and thalami",
                 "ventricular cerebrospinal fluid", "cerebellum", "brain stem")
@@ -75,7 +75,7 @@ def test_every_experiment_and_the_repeat_ran(results):
 
 
 def test_each_bundle_has_exactly_the_classes_of_its_tasks(results):
-    from MultiTaskSegLib.bundle import load_bundle
+    from MultiTaskSegLib.engine.bundle import load_bundle
 
     for r in results[0]["runs"]:
         bundle = load_bundle(r["bundle"])
@@ -167,7 +167,7 @@ def test_a_run_with_other_settings_is_not_resumed(results, tiny_datasets):
 
 
 def test_cli_experiments_refuses_bad_settings_in_one_line(tiny_datasets, tmp_path, capsys):
-    from MultiTaskSegLib.cli import main
+    from MultiTaskSegLib.cli.program import main
 
     assert main(["experiments", *tiny_datasets, "--work-dir", str(tmp_path), "--blocks-per-batch", "4"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]

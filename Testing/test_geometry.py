@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from MultiTaskSegLib.errors import InputError
-from MultiTaskSegLib.geometry import (Volume, default_target_spacing, from_canonical,
+from MultiTaskSegLib.engine.errors import InputError
+from MultiTaskSegLib.engine.geometry import (Volume, default_target_spacing, from_canonical,
                                       to_canonical, validate_volume)
 
 

@@ -12,10 +12,10 @@ import pytest
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
-from MultiTaskSegLib.errors import Cancelled, InputError, OutputError  # noqa: E402
-from MultiTaskSegLib.logic import MultiTaskSegLogic, volume_from_node  # noqa: E402
-from MultiTaskSegLib.terminology import DEFAULT_CLASSES  # noqa: E402
-from MultiTaskSegLib.thresholds import ProbabilityMaps, quantize_probabilities  # noqa: E402
+from MultiTaskSegLib.engine.errors import Cancelled, InputError, OutputError  # noqa: E402
+from MultiTaskSegLib.slicer.logic import MultiTaskSegLogic, volume_from_node  # noqa: E402
+from MultiTaskSegLib.engine.classes import DEFAULT_CLASSES  # noqa: E402
+from MultiTaskSegLib.engine.labelmap_rule import ProbabilityMaps, quantize_probabilities  # noqa: E402
 
 BALL_CLASS = 7
 BALL_CENTER_LPS = np.array([-3.0, 4.0, 2.0])
@@ -333,7 +333,7 @@ def test_probability_export_gives_volumes_on_the_input_grid(scene, logic):
 
 
 def test_end_to_end_with_a_random_weights_bundle(scene):
-    from MultiTaskSegLib.bundle import make_random_bundle
+    from MultiTaskSegLib.engine.bundle import make_random_bundle
 
     volumeNode = add_volume(scene)
     logic = MultiTaskSegLogic()
@@ -359,7 +359,7 @@ def test_end_to_end_with_a_random_weights_bundle(scene):
 def test_segment_folder_writes_one_seg_nrrd_per_image(tmp_path, logic):
     import SimpleITK as sitk
 
-    from MultiTaskSegLib.geometry import Volume
+    from MultiTaskSegLib.engine.geometry import Volume
 
     inputs = tmp_path / "in"
     inputs.mkdir()

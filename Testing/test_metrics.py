@@ -3,16 +3,16 @@
 import numpy as np
 import pytest
 
-from MultiTaskSegLib import metrics
-from MultiTaskSegLib.errors import Cancelled, InputError
-from MultiTaskSegLib.metrics import (
+from MultiTaskSegLib.engine import metrics
+from MultiTaskSegLib.engine.errors import Cancelled, InputError
+from MultiTaskSegLib.engine.metrics import (
     alien_class_rate,
     dice,
     dice_per_class,
     optimal_operating_point,
     precision_recall_curve,
 )
-from MultiTaskSegLib.terminology import DEFAULT_CLASSES
+from MultiTaskSegLib.engine.classes import DEFAULT_CLASSES
 
 
 def test_dice_hand_computed():

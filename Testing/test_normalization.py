@@ -4,8 +4,8 @@
 import numpy as np
 import pytest
 
-from MultiTaskSegLib.errors import InputError
-from MultiTaskSegLib.normalization import DEFAULT_NORMALIZATION, normalize
+from MultiTaskSegLib.engine.errors import InputError
+from MultiTaskSegLib.engine.normalization import DEFAULT_NORMALIZATION, normalize
 
 
 def test_ct_window_maps_hounsfield_units_and_leaves_the_input_alone():

@@ -4,9 +4,9 @@ in its own place whatever the volume's proportions."""
 import numpy as np
 from PIL import Image
 
-from MultiTaskSegLib.geometry import Volume
-from MultiTaskSegLib.overlays import save_overlay
-from MultiTaskSegLib.terminology import DEFAULT_CLASSES
+from MultiTaskSegLib.engine.geometry import Volume
+from MultiTaskSegLib.cli.overlays import save_overlay
+from MultiTaskSegLib.engine.classes import DEFAULT_CLASSES
 
 
 def volume_with_cube(shape):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from MultiTaskSegLib.phantoms import breast_mri_phantom, cardiac_cta_phantom
+from MultiTaskSegLib.data.phantoms import breast_mri_phantom, cardiac_cta_phantom
 
 SMALL_BREAST = (40, 96, 128)
 SMALL_CARDIAC = (72, 112, 112)

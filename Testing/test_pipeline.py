@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from MultiTaskSegLib.bundle import load_bundle
-from MultiTaskSegLib.errors import Cancelled, InputError, ModelError
-from MultiTaskSegLib.geometry import Volume
-from MultiTaskSegLib.pipeline import Segmenter, resolve_device
-from MultiTaskSegLib.thresholds import ProbabilityMaps
+from MultiTaskSegLib.engine.bundle import load_bundle
+from MultiTaskSegLib.engine.errors import Cancelled, InputError, ModelError
+from MultiTaskSegLib.engine.geometry import Volume
+from MultiTaskSegLib.engine.devices import resolve_device
+from MultiTaskSegLib.engine.segmenter import Segmenter
+from MultiTaskSegLib.engine.labelmap_rule import ProbabilityMaps
 
 from conftest import synthetic_volume
 
@@ -133,7 +134,7 @@ def test_asking_for_a_missing_gpu_says_what_to_do():
 def test_dilated_by_one_voxel_is_the_3x3x3_cube_dilation():
     from scipy import ndimage
 
-    from MultiTaskSegLib.pipeline import dilated_by_one_voxel
+    from MultiTaskSegLib.engine.segmenter import dilated_by_one_voxel
 
     mask = np.random.default_rng(0).random((7, 9, 8)) > 0.93
     expected = ndimage.binary_dilation(mask, structure=np.ones((3, 3, 3), bool))

@@ -55,12 +55,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from MultiTaskSegLib import dense, pipeline, volume_io
-from MultiTaskSegLib.bundle import load_bundle
-from MultiTaskSegLib.errors import InputError
-from MultiTaskSegLib.geometry import Volume, to_canonical
-from MultiTaskSegLib.pipeline import Segmenter
-from MultiTaskSegLib.volume_io import check_size_from_header, read_volume, write_volume
+from MultiTaskSegLib.engine import slab_loop, slab_sizing
+from MultiTaskSegLib.engine.prepared_model import inference_model
+
+from MultiTaskSegLib.engine import segmenter as pipeline
+
+from MultiTaskSegLib.engine import image_io as volume_io
+from MultiTaskSegLib.engine.bundle import load_bundle
+from MultiTaskSegLib.engine.errors import InputError
+from MultiTaskSegLib.engine.geometry import Volume, to_canonical
+from MultiTaskSegLib.engine.segmenter import Segmenter
+from MultiTaskSegLib.engine.image_io import check_size_from_header, read_volume, write_volume
 
 from conftest import small_random_bundle, synthetic_volume
 from test_cli import assert_one_error_line, run
@@ -127,7 +132,7 @@ def test_4d_and_multi_component_images_on_the_command_line(capsys, tmp_path, sma
 def test_multi_component_volume_in_slicer():
     """In Slicer a colour/vector volume node is refused with the module that converts it."""
     slicer = pytest.importorskip("slicer")
-    from MultiTaskSegLib.logic import volume_from_node
+    from MultiTaskSegLib.slicer.logic import volume_from_node
 
     node = slicer.vtkMRMLScene().AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
     slicer.util.updateVolumeFromArray(node, np.ones((4, 5, 6, 3), np.uint8))
@@ -315,10 +320,8 @@ def test_ctrl_c_during_the_network(capsys, tmp_path, image_files, small_bundle_f
     assert leftovers(results) == [] and leftovers(tmp_path / "probs") == []
 
 
-# The OOM fallback is being added to dense.py in parallel (issue 6); until it is committed these two
-# tests are skipped, clearly, rather than failing the suite. Remove the mark once dense.py has it.
 def _dense_inputs(seed: int = 0):
-    model = small_random_bundle(seed).model
+    model = inference_model(small_random_bundle(seed).model, "fp32", "cpu")
     volume = np.random.default_rng(seed).normal(0.5, 1.0, (6, 11, 10)).astype(np.float32)
     return model, volume, volume > 0
 
@@ -327,9 +330,9 @@ def test_cuda_out_of_memory_falls_back_to_smaller_slabs(monkeypatch):
     """A slab that runs out of device memory is split and retried until it fits; the result is
     the same as without the fault."""
     model, volume, mask = _dense_inputs()
-    options = dense.DenseOptions(precision="fp32")
-    expected = dense.dense_probabilities(model, volume, mask, "cpu", options)
-    real = dense.slab_probabilities
+    options = slab_sizing.DenseOptions(precision="fp32")
+    expected = slab_loop.dense_probabilities(model, volume, mask, "cpu", options)
+    real = slab_loop.slab_probabilities
     thicknesses = []
 
     def out_of_memory_above_two_planes(model, volume, box, options, device):
@@ -338,8 +341,8 @@ def test_cuda_out_of_memory_falls_back_to_smaller_slabs(monkeypatch):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(model, volume, box, options, device)
 
-    monkeypatch.setattr(dense, "slab_probabilities", out_of_memory_above_two_planes)
-    assert np.array_equal(dense.dense_probabilities(model, volume, mask, "cpu", options), expected)
+    monkeypatch.setattr(slab_loop, "slab_probabilities", out_of_memory_above_two_planes)
+    assert np.array_equal(slab_loop.dense_probabilities(model, volume, mask, "cpu", options), expected)
     assert max(thicknesses) > 2 and thicknesses[-1] <= 2
 
 
@@ -347,8 +350,8 @@ def test_cuda_out_of_memory_falls_back_to_the_cpu_with_a_message(monkeypatch):
     """When the GPU runs out of memory even for the thinnest slabs, the pass continues on the CPU,
     warns, and says so through progress; the result matches a CPU run."""
     model, volume, mask = _dense_inputs()
-    expected = dense.dense_probabilities(model, volume, mask, "cpu", dense.DenseOptions(precision="fp32"))
-    real = dense.iter_dense_probabilities
+    expected = slab_loop.dense_probabilities(model, volume, mask, "cpu", slab_sizing.DenseOptions(precision="fp32"))
+    real = slab_loop.iter_dense_probabilities
     devices = []
 
     def gpu_without_memory(model, volume, mask, device, options, progress=None, cancel=None):
@@ -357,12 +360,12 @@ def test_cuda_out_of_memory_falls_back_to_the_cpu_with_a_message(monkeypatch):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 MiB")
         return real(model, volume, mask, device, options, progress, cancel)
 
-    monkeypatch.setattr(dense, "iter_dense_probabilities", gpu_without_memory)
+    monkeypatch.setattr(slab_loop, "iter_dense_probabilities", gpu_without_memory)
     stages = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = dense.dense_probabilities(model, volume, mask, torch.device("cuda"),
-                                           dense.DenseOptions(precision="fp16"),
+        result = slab_loop.dense_probabilities(model, volume, mask, torch.device("cuda"),
+                                           slab_sizing.DenseOptions(precision="fp16"),
                                            progress=lambda fraction, stage: stages.append(stage))
     assert devices == ["cuda", "cpu"]
     assert any("CPU" in str(w.message) for w in caught)

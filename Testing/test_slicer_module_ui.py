@@ -112,8 +112,8 @@ def test_threshold_sliders_show_the_shipped_models_thresholds_without_changing_t
     """A slider keeps its value rounded to its decimals; what the module applies when it reads the
     slider back must select the same stored levels (v / 255 >= t) as the bundle's threshold, or
     moving any slider would change the others (two decimals turned 254/255 into 1.00)."""
-    from MultiTaskSegLib.bundle import load_bundle
-    from MultiTaskSegLib.thresholds import nearest_level_threshold, threshold_to_level
+    from MultiTaskSegLib.engine.bundle import load_bundle
+    from MultiTaskSegLib.engine.labelmap_rule import nearest_level_threshold, threshold_to_level
 
     constants = module_constants()
     thresholds = load_bundle().default_thresholds

@@ -18,13 +18,16 @@ import numpy as np
 import pytest
 import torch
 
-from MultiTaskSegLib import dense
-from MultiTaskSegLib.bundle import load_bundle, make_random_bundle
-from MultiTaskSegLib.dense import (DenseOptions, concrete_device, conv_stack_flops, dense_logits,
-                                   dense_probabilities, inference_model, memory_budget, slab_thickness)
-from MultiTaskSegLib.model import Architecture
-from MultiTaskSegLib.normalization import normalize
-from MultiTaskSegLib.pipeline import default_precision, physical_core_count
+from MultiTaskSegLib.engine import heap, slab_loop, slab_sizing
+from MultiTaskSegLib.engine.bundle import load_bundle, make_random_bundle
+from MultiTaskSegLib.engine.devices import concrete_device
+from MultiTaskSegLib.engine.network import conv_stack_flops, dense_logits
+from MultiTaskSegLib.engine.prepared_model import inference_model
+from MultiTaskSegLib.engine.slab_loop import dense_probabilities
+from MultiTaskSegLib.engine.slab_sizing import DenseOptions, memory_budget, slab_thickness
+from MultiTaskSegLib.engine.network import Architecture
+from MultiTaskSegLib.engine.normalization import normalize
+from MultiTaskSegLib.engine.devices import default_precision, physical_core_count
 
 from conftest import small_random_bundle
 
@@ -39,7 +42,7 @@ def softmax_uint8(logits: np.ndarray) -> np.ndarray:
 def brain_region():
     """A real 1 mm T1 region (16 x 40 x 40 voxels across cortex and white matter), normalised as
     the pipeline does, with its atlas labels."""
-    from MultiTaskSegLib import brain_data
+    from MultiTaskSegLib.data import brain_templates as brain_data
 
     try:
         volume, labels = brain_data.mni152_brain_case()
@@ -108,29 +111,30 @@ def test_fast_fp32_path_equals_the_reference_path_at_borders():
     model = small_random_bundle(seed=4).model
     rng = np.random.default_rng(1)
     volume = rng.normal(0.5, 0.5, (5, 12, 9)).astype(np.float32)
-    reference = dense_probabilities(model, volume, np.ones(volume.shape, bool), "cpu",
-                                    DenseOptions(fold_batchnorm=False))
-    fast = dense_probabilities(model, volume, np.ones(volume.shape, bool), "cpu", DenseOptions(channels_last=True))
+    reference = dense_probabilities(model, volume, np.ones(volume.shape, bool), "cpu", DenseOptions())
+    fast = dense_probabilities(inference_model(model, "fp32", "cpu", channels_last=True), volume,
+                               np.ones(volume.shape, bool), "cpu", DenseOptions(channels_last=True))
     assert np.abs(fast.astype(int) - reference.astype(int)).max() <= 1
     assert np.array_equal(softmax_uint8(dense_logits(model, volume)).argmax(0), fast.argmax(0))
 
 
 @pytest.mark.parametrize("thickness", [1, 4])
 def test_slab_thickness_does_not_change_the_result(thickness, monkeypatch):
-    model = small_random_bundle(seed=5).model
+    model = inference_model(small_random_bundle(seed=5).model, "fp32", "cpu", channels_last=False)
     volume = np.random.default_rng(2).normal(0.5, 0.5, (9, 8, 6)).astype(np.float32)
     assert slab_thickness(volume.shape, 9, DenseOptions(memory_budget_bytes=1 << 30), box_shape=(8, 6)) == 9
     whole = dense_probabilities(model, volume, None, "cpu", DenseOptions(memory_budget_bytes=1 << 30))
-    monkeypatch.setattr(dense, "slab_thickness", lambda *args, **kwargs: thickness)
+    monkeypatch.setattr(slab_loop, "slab_thickness", lambda *args, **kwargs: thickness)
     np.testing.assert_array_equal(dense_probabilities(model, volume, None, "cpu", DenseOptions()), whole)
 
 
 def test_bf16_fast_path_agrees_with_fp32_on_a_real_brain_region(trained_model, brain_region):
     brain_region = brain_region[0]
     mask = brain_region > 0
-    fp32 = dense_probabilities(trained_model, brain_region, mask, "cpu", DenseOptions(precision="fp32"))
-    fast = dense_probabilities(trained_model, brain_region, mask, "cpu",
-                               DenseOptions(precision="bf16", channels_last=True))
+    fp32 = dense_probabilities(inference_model(trained_model, "fp32", "cpu", channels_last=False), brain_region,
+                               mask, "cpu", DenseOptions(precision="fp32"))
+    fast = dense_probabilities(inference_model(trained_model, "bf16", "cpu", channels_last=True), brain_region,
+                               mask, "cpu", DenseOptions(precision="bf16", channels_last=True))
     labels_fp32, labels_fast = fp32.argmax(0)[mask], fast.argmax(0)[mask]
     assert len(np.unique(labels_fp32)) >= 2, "a constant output would make agreement meaningless"
     assert (labels_fp32 == labels_fast).mean() >= 0.998
@@ -159,11 +163,10 @@ def test_slab_thickness_follows_the_memory_budget():
 
 def test_memory_budget_comes_from_the_option_or_the_machine(monkeypatch):
     assert memory_budget("cpu", DenseOptions(memory_budget_bytes=123 << 20)) == 123 << 20
-    monkeypatch.setattr(dense, "available_memory_bytes", lambda device="cpu": 200 << 20)
+    monkeypatch.setattr(slab_sizing, "available_memory_bytes", lambda device="cpu": 200 << 20)
     assert memory_budget("cpu", DenseOptions()) == 100 << 20
-    monkeypatch.setattr(dense, "available_memory_bytes", lambda device="cpu": 64 << 30)
-    assert memory_budget("cpu", DenseOptions()) == dense.CPU_BUDGET_CAP_BYTES
-    assert dense.available_memory_bytes.__module__  # the real function still exists
+    monkeypatch.setattr(slab_sizing, "available_memory_bytes", lambda device="cpu": 64 << 30)
+    assert memory_budget("cpu", DenseOptions()) == slab_sizing.CPU_BUDGET_CAP_BYTES
 
 
 def test_conv_flops_are_counted_from_the_shapes():
@@ -201,7 +204,7 @@ def test_plane_group_boxes_classify_every_mask_voxel_exactly():
     mask = zz ** 2 + yy ** 2 + xx ** 2 <= 5.5 ** 2
     volume = np.where(mask, np.random.default_rng(3).normal(1.0, 0.3, shape), 0.0).astype(np.float32)
     options = DenseOptions(planes_per_batch=2)  # small plane groups: boxes follow the sphere closely
-    fast = dense_probabilities(model, volume, mask, "cpu", options)
+    fast = dense_probabilities(inference_model(model, "fp32", "cpu", channels_last=False), volume, mask, "cpu", options)
     whole = softmax_uint8(dense_logits(model, volume))
     assert np.abs(fast[:, mask].astype(int) - whole[:, mask].astype(int)).max() <= 1
     assert np.all(fast[0][~mask] == 255) and not fast[1:][:, ~mask].any()
@@ -212,14 +215,15 @@ def test_the_reference_path_classifies_the_same_samples_as_the_fast_path():
     model = small_random_bundle(seed=7).model
     volume = np.random.default_rng(4).normal(0.3, 0.5, (6, 10, 9)).astype(np.float32)
     mask = volume > 0
-    reference = dense_probabilities(model, volume, mask, "cpu", DenseOptions(fold_batchnorm=False))
-    fast = dense_probabilities(model, volume, mask, "cpu", DenseOptions())
+    reference = dense_probabilities(model, volume, mask, "cpu", DenseOptions())
+    fast = dense_probabilities(inference_model(model, "fp32", "cpu", channels_last=False), volume, mask, "cpu",
+                               DenseOptions())
     assert np.all(reference[0][~mask] == 255) and not reference[1:][:, ~mask].any()
     assert np.abs(reference.astype(int) - fast.astype(int)).max() <= 1
 
 
 def test_plane_group_boxes_run_the_conv_stack_on_less_than_the_slab_box(monkeypatch):
-    model = dense.inference_model(small_random_bundle(seed=6).model, "fp32")
+    model = inference_model(small_random_bundle(seed=6).model, "fp32")
     shape = (12, 14, 13)
     zz, yy, xx = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in shape], indexing="ij")
     mask = zz ** 2 + yy ** 2 + xx ** 2 <= 5.5 ** 2
@@ -243,9 +247,9 @@ def test_conv_layer_outputs_stay_below_the_heap_threshold():
     conv stack runs, or every layer would fault in fresh memory (see CONV_BATCH_BYTES)."""
     arch = Architecture(num_classes=9)
     for size in (60, 232, 420, 562):
-        planes = dense._planes_per_batch(DenseOptions(), arch, size, size, 2, torch.device("cpu"))
+        planes = slab_sizing.planes_per_batch_for(DenseOptions(), arch, size, size, 2, torch.device("cpu"))
         first_layer_fp32 = planes * arch.n_filters * (size - 2) ** 2 * 4
-        assert planes == 1 or first_layer_fp32 < dense.MMAP_THRESHOLD_INSIDE_CONV
+        assert planes == 1 or first_layer_fp32 < heap.MMAP_THRESHOLD_INSIDE_CONV
 
 
 class RecordingLibc:
@@ -261,17 +265,17 @@ class RecordingLibc:
 
 def test_heap_settings_are_restored_after_the_conv_stack_even_on_errors(monkeypatch):
     libc = RecordingLibc()
-    monkeypatch.setattr(dense, "_glibc", lambda: libc)
+    monkeypatch.setattr(heap, "_glibc", lambda: libc)
     with pytest.raises(KeyboardInterrupt):
-        with dense._heap_reused_by_conv_layers(torch.device("cpu")):
-            assert ("mallopt", dense.M_MMAP_THRESHOLD, dense.MMAP_THRESHOLD_INSIDE_CONV) in libc.calls
+        with heap.heap_reused_by_conv_layers(torch.device("cpu")):
+            assert ("mallopt", heap.M_MMAP_THRESHOLD, heap.MMAP_THRESHOLD_INSIDE_CONV) in libc.calls
             libc.calls.clear()
             raise KeyboardInterrupt
-    assert libc.calls == [("mallopt", dense.M_MMAP_THRESHOLD, dense.MMAP_THRESHOLD_OUTSIDE_CONV),
-                          ("mallopt", dense.M_TRIM_THRESHOLD, dense.GLIBC_DEFAULT_TRIM_THRESHOLD),
+    assert libc.calls == [("mallopt", heap.M_MMAP_THRESHOLD, heap.MMAP_THRESHOLD_OUTSIDE_CONV),
+                          ("mallopt", heap.M_TRIM_THRESHOLD, heap.GLIBC_DEFAULT_TRIM_THRESHOLD),
                           ("malloc_trim", 0)]
     libc.calls.clear()
-    with dense._heap_reused_by_conv_layers(torch.device("cuda")):  # GPU memory is torch's own
+    with heap.heap_reused_by_conv_layers(torch.device("cuda")):  # GPU memory is torch's own
         pass
     assert libc.calls == []
 
@@ -279,18 +283,18 @@ def test_heap_settings_are_restored_after_the_conv_stack_even_on_errors(monkeypa
 def test_a_plane_group_trims_the_heap_only_once_it_has_grown(monkeypatch):
     """Trimming after every group re-faults its pages; never trimming lets fragmentation grow."""
     libc = RecordingLibc()
-    monkeypatch.setattr(dense, "_glibc", lambda: libc)
+    monkeypatch.setattr(heap, "_glibc", lambda: libc)
     resident = [1 << 30]
-    monkeypatch.setattr(dense, "_resident_bytes", lambda: resident[0])
-    with dense._heap_reused_by_conv_layers(torch.device("cpu")) as after_group:
+    monkeypatch.setattr(heap, "_resident_bytes", lambda: resident[0])
+    with heap.heap_reused_by_conv_layers(torch.device("cpu")) as after_group:
         libc.calls.clear()
-        resident[0] += dense.HEAP_GROWTH_BEFORE_TRIM // 2
+        resident[0] += heap.HEAP_GROWTH_BEFORE_TRIM // 2
         after_group()
         assert libc.calls == []
-        resident[0] += dense.HEAP_GROWTH_BEFORE_TRIM
+        resident[0] += heap.HEAP_GROWTH_BEFORE_TRIM
         after_group()
         assert libc.calls == [("malloc_trim", 0)]
 
 
 def test_resident_bytes_reads_this_process():
-    assert dense._resident_bytes() > 10 << 20  # python and torch alone are more than this
+    assert heap._resident_bytes() > 10 << 20  # python and torch alone are more than this

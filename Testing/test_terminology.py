@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from MultiTaskSegLib.errors import ModelError
-from MultiTaskSegLib.terminology import (
+from MultiTaskSegLib.engine.errors import ModelError
+from MultiTaskSegLib.engine.classes import (
     ANATOMIC_CONTEXT,
     DEFAULT_CLASSES,
     DEFAULT_TASKS,

@@ -5,10 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from MultiTaskSegLib import thresholds as thresholds_module
-from MultiTaskSegLib.errors import InputError
-from MultiTaskSegLib.terminology import DEFAULT_CLASSES
-from MultiTaskSegLib.thresholds import (
+from MultiTaskSegLib.engine import labelmap_rule as thresholds_module
+from MultiTaskSegLib.engine.errors import InputError
+from MultiTaskSegLib.engine.classes import DEFAULT_CLASSES
+from MultiTaskSegLib.engine.labelmap_rule import (
     ProbabilityMaps,
     quantize_probabilities,
     threshold_to_level,
@@ -186,7 +186,7 @@ def test_vectorised_rule_equals_voxelwise_rule(seed, selected, t_pec, t_cor, sla
 
 
 def test_background_outside_sets_background_certain_and_keeps_inside_untouched():
-    from MultiTaskSegLib.thresholds import background_outside
+    from MultiTaskSegLib.engine.labelmap_rule import background_outside
 
     rng = np.random.default_rng(0)
     probabilities = rng.integers(0, 256, (4, 3, 5, 6), dtype=np.uint8)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from MultiTaskSegLib.bundle import load_bundle
-from MultiTaskSegLib.cases import PreparedCase
-from MultiTaskSegLib.datasets import write_dataset
-from MultiTaskSegLib.phantoms import breast_mri_phantom, cardiac_cta_phantom
-from MultiTaskSegLib.sampling import BatchStream, balanced_weights, crop_with_zeros, sample_batch
-from MultiTaskSegLib.training import TrainConfig, learning_rate, train
+from MultiTaskSegLib.engine.bundle import load_bundle
+from MultiTaskSegLib.training.cases import PreparedCase
+from MultiTaskSegLib.training.datasets import write_dataset
+from MultiTaskSegLib.data.phantoms import breast_mri_phantom, cardiac_cta_phantom
+from MultiTaskSegLib.training.sampling import BatchStream, balanced_weights, crop_with_zeros, sample_batch
+from MultiTaskSegLib.training.loop import TrainConfig, learning_rate, train
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_torchrun_with_two_cpu_processes(tiny_datasets, tmp_path):
 
 
 def test_deformation_moves_image_and_labels_together():
-    from MultiTaskSegLib.sampling import deform
+    from MultiTaskSegLib.training.sampling import deform
 
     rng = np.random.default_rng(1)
     image = np.zeros((31, 31, 31), dtype=np.float32)
@@ -197,7 +197,7 @@ def test_deformation_moves_image_and_labels_together():
 
 
 def test_validation_blocks_cover_every_class_of_the_task():
-    from MultiTaskSegLib.sampling import validation_blocks
+    from MultiTaskSegLib.training.sampling import validation_blocks
 
     labels = np.zeros((30, 30, 30), dtype=np.uint8)
     labels[2:4, 2:4, 2:4] = 5   # a tiny class far from the others

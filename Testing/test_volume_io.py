@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MultiTaskSegLib.errors import InputError, OutputError
-from MultiTaskSegLib.geometry import Volume
-from MultiTaskSegLib.volume_io import (atomic_write_path, read_volume, write_labelmap,
+from MultiTaskSegLib.engine.errors import InputError, OutputError
+from MultiTaskSegLib.engine.geometry import Volume
+from MultiTaskSegLib.engine.image_io import (atomic_write_path, read_volume, write_labelmap,
                                        write_segmentation_nrrd, write_volume)
 
 _ANGLE = np.radians(30)

@@ -33,11 +33,15 @@ from bench_inference import instrument_conv_stack  # noqa: E402
 from bench_memory import cta_sized_volume  # noqa: E402
 from common import RESULTS, machine_state, matmul_flops_per_second, model_bundle, peak_rss_bytes  # noqa: E402
 
-from MultiTaskSegLib.dense import autocast, crops_logits, extract_patches, inference_model, pad_volume  # noqa: E402
-from MultiTaskSegLib.model import Architecture, TriplanarCNN  # noqa: E402
-from MultiTaskSegLib.normalization import normalize  # noqa: E402
-from MultiTaskSegLib.pipeline import Segmenter  # noqa: E402
-from MultiTaskSegLib.volume_io import read_volume, write_volume  # noqa: E402
+from MultiTaskSegLib.engine.devices import autocast  # noqa: E402
+
+from MultiTaskSegLib.engine.network import crops_logits, extract_patches, pad_volume  # noqa: E402
+
+from MultiTaskSegLib.engine.prepared_model import inference_model  # noqa: E402
+from MultiTaskSegLib.engine.network import Architecture, TriplanarCNN  # noqa: E402
+from MultiTaskSegLib.engine.normalization import normalize  # noqa: E402
+from MultiTaskSegLib.engine.segmenter import Segmenter  # noqa: E402
+from MultiTaskSegLib.engine.image_io import read_volume, write_volume  # noqa: E402
 
 CUDA = torch.device("cuda")
 
@@ -160,7 +164,7 @@ def main() -> None:
         sys.exit("bench_gpu.py needs a CUDA GPU; the CPU figures come from make bench.")
     with tempfile.TemporaryDirectory() as tmp:
         if args.input is None:
-            from MultiTaskSegLib.brain_data import mni152_brain_case
+            from MultiTaskSegLib.data.brain_templates import mni152_brain_case
 
             args.input = str(write_volume(mni152_brain_case()[0], Path(tmp) / "mni152.nii.gz"))
         run(args)

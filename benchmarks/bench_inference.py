@@ -34,9 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (busy_processes, machine_state, matmul_flops_per_second, model_bundle, peak_rss_bytes,  # noqa: E402
                     run_child, write_result)
 
-from MultiTaskSegLib import dense, pipeline  # noqa: E402
-from MultiTaskSegLib.dense import (DenseOptions, SlabBox, conv_stack_flops, extract_patches,  # noqa: E402
-                                   foreground_box, inference_model, pad_volume, patch_logits)
+from MultiTaskSegLib.engine import dense
+
+from MultiTaskSegLib.engine import segmenter as pipeline# noqa: E402
+from MultiTaskSegLib.engine.network import conv_stack_flops, extract_patches, pad_volume, patch_logits
+from MultiTaskSegLib.engine.prepared_model import inference_model
+from MultiTaskSegLib.engine.slab_loop import SlabBox
+from MultiTaskSegLib.engine.slab_sizing import DenseOptions, foreground_box
 
 PATCH_BATCH = 64
 PATCH_ROUNDS = 2
@@ -72,8 +76,8 @@ def instrument_conv_stack(model) -> dict:
 
 def worker(args) -> None:
     """Segment one file end to end with one configuration; print one JSON line."""
-    from MultiTaskSegLib.bundle import load_bundle
-    from MultiTaskSegLib.volume_io import read_volume
+    from MultiTaskSegLib.engine.bundle import load_bundle
+    from MultiTaskSegLib.engine.image_io import read_volume
 
     bundle = load_bundle(args.model)
     segmenter = pipeline.Segmenter(bundle, device=args.device, precision=args.precision)
@@ -263,9 +267,9 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    from MultiTaskSegLib.brain_data import mni152_brain_case
-    from MultiTaskSegLib.normalization import normalize
-    from MultiTaskSegLib.volume_io import write_volume
+    from MultiTaskSegLib.data.brain_templates import mni152_brain_case
+    from MultiTaskSegLib.engine.normalization import normalize
+    from MultiTaskSegLib.engine.image_io import write_volume
 
     result = {"benchmark": "inference", "machine": machine_state()}
     print(f"machine: {result['machine']['cpu']}, load {result['machine']['load_average_before']}", flush=True)

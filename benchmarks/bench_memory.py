@@ -32,8 +32,8 @@ def cta_sized_volume(shape=SHAPE):
     """The cardiac phantom's anatomy zoomed to ``shape`` (linear interpolation), in int16 HU."""
     from scipy import ndimage
 
-    from MultiTaskSegLib.geometry import Volume
-    from MultiTaskSegLib.phantoms import cardiac_cta_phantom
+    from MultiTaskSegLib.engine.geometry import Volume
+    from MultiTaskSegLib.data.phantoms import cardiac_cta_phantom
 
     phantom = cardiac_cta_phantom(0)[0]
     factors = [n / s for n, s in zip(shape, phantom.array.shape)]
@@ -42,9 +42,9 @@ def cta_sized_volume(shape=SHAPE):
 
 
 def worker(args) -> None:
-    from MultiTaskSegLib.bundle import load_bundle
-    from MultiTaskSegLib.pipeline import Segmenter
-    from MultiTaskSegLib.volume_io import read_volume
+    from MultiTaskSegLib.engine.bundle import load_bundle
+    from MultiTaskSegLib.engine.segmenter import Segmenter
+    from MultiTaskSegLib.engine.image_io import read_volume
 
     start = time.perf_counter()
     stages = {}
@@ -76,7 +76,7 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    from MultiTaskSegLib.volume_io import write_volume
+    from MultiTaskSegLib.engine.image_io import write_volume
 
     result = {"benchmark": "memory", "machine": machine_state(), "limit_bytes": LIMIT_BYTES}
     bundle, model_note = model_bundle(args.layers)

@@ -18,9 +18,9 @@ import time
 import numpy as np
 import slicer
 
-from MultiTaskSegLib.logic import MultiTaskSegLogic
-from MultiTaskSegLib.terminology import DEFAULT_CLASSES
-from MultiTaskSegLib.thresholds import ProbabilityMaps
+from MultiTaskSegLib.slicer.logic import MultiTaskSegLogic
+from MultiTaskSegLib.engine.classes import DEFAULT_CLASSES
+from MultiTaskSegLib.engine.labelmap_rule import ProbabilityMaps
 
 
 def synthetic_maps(shape, seed=0) -> ProbabilityMaps:

@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 
-from MultiTaskSegLib.terminology import DEFAULT_CLASSES
-from MultiTaskSegLib.thresholds import ProbabilityMaps
+from MultiTaskSegLib.engine.classes import DEFAULT_CLASSES
+from MultiTaskSegLib.engine.labelmap_rule import ProbabilityMaps
 
 
 def random_maps(shape, seed: int = 0) -> np.ndarray:

@@ -24,9 +24,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_state, write_result  # noqa: E402
 
-from MultiTaskSegLib.dense import crops_logits, extract_patches, pad_volume  # noqa: E402
-from MultiTaskSegLib.model import Architecture, TriplanarCNN  # noqa: E402
-from MultiTaskSegLib.dense import autocast  # noqa: E402
+from MultiTaskSegLib.engine.network import crops_logits, extract_patches, pad_volume  # noqa: E402
+from MultiTaskSegLib.engine.network import Architecture, TriplanarCNN  # noqa: E402
+from MultiTaskSegLib.engine.devices import autocast  # noqa: E402
 
 PAPER_BATCH = 210
 BLOCK, BLOCKS = 16, 3

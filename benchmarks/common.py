@@ -63,7 +63,7 @@ def machine_state() -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    from MultiTaskSegLib.pipeline import physical_core_count
+    from MultiTaskSegLib.engine.devices import physical_core_count
 
     others = busy_processes()
     return {
@@ -95,8 +95,8 @@ def matmul_flops_per_second(dtype: torch.dtype, size: int = 4096, repeats: int =
 
 def model_bundle(layers: Optional[int] = None):
     """The shipped model when present (else random weights: speed does not depend on the values)."""
-    from MultiTaskSegLib.bundle import load_bundle, make_random_bundle, new_bundle
-    from MultiTaskSegLib.model import Architecture
+    from MultiTaskSegLib.engine.bundle import load_bundle, make_random_bundle, new_bundle
+    from MultiTaskSegLib.engine.network import Architecture
 
     if layers is not None and layers != 25:
         return new_bundle(arch=Architecture(num_classes=9, n_layers=layers), seed=0), f"random weights, {layers} layers"

@@ -1,5 +1,5 @@
 """The ``multitaskseg`` command: segment images in batch, show a model bundle, build training data;
-the model-side commands (train, evaluate, experiments, demo) are in cli_training.py.
+the model-side commands (train, evaluate, experiments, demo) are in training_commands.py.
 
 Each subcommand is a pair of small functions, ``_add_<name>(subparsers)`` that declares its
 arguments and ``_run_<name>(args) -> int`` that runs it; ``SUBCOMMANDS`` lists the ``_add_``
@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from . import __version__, cli_training  # cli_training: train, evaluate, demo
-from .errors import Cancelled, InputError, MultiTaskSegError, OutputError
+from .. import __version__
+from ..engine.errors import Cancelled, InputError, MultiTaskSegError, OutputError
+from . import training_commands  # train, evaluate, experiments, demo
 
 PROG = "multitaskseg"
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_CANCELLED = 0, 1, 2, 130
@@ -83,8 +84,8 @@ def _add_info(subparsers) -> None:
 
 
 def _run_info(args) -> int:
-    from .bundle import MODEL_ENV_VAR, bundle_from_metadata, default_model_path, read_metadata
-    from .model import parameter_count
+    from ..engine.bundle import MODEL_ENV_VAR, bundle_from_metadata, default_model_path, read_metadata
+    from ..engine.network import parameter_count
 
     path = Path(args.model) if args.model else default_model_path()
     if args.model is None and not path.is_file():
@@ -203,8 +204,8 @@ class SegmentJob:
 
 
 def _run_segment(args) -> int:
-    from .bundle import load_bundle
-    from .pipeline import Segmenter
+    from ..engine.bundle import load_bundle
+    from ..engine.segmenter import Segmenter
 
     if args.spacing is not None and not args.spacing > 0:
         raise InputError(f"--spacing must be a positive number of millimetres, got {args.spacing}.")
@@ -244,7 +245,7 @@ def selected_classes(bundle, names: Optional[Sequence[str]]) -> List[int]:
 
 def parse_thresholds(texts: Sequence[str], bundle) -> Dict[int, float]:
     """``["pectoral muscle=0.4", ...]`` -> {class index: threshold}, validated against the bundle."""
-    from .thresholds import check_threshold
+    from ..engine.labelmap_rule import check_threshold
 
     thresholds: Dict[int, float] = {}
     for text in texts:
@@ -355,8 +356,8 @@ def _bar_progress(bar, number: int, prefix: str) -> Callable[[float, str], None]
 def segment_one(job: SegmentJob, segmenter, selected: Sequence[int], thresholds: Mapping[int, float],
                 overwrite: bool, progress: Optional[Callable[[float, str], None]] = None) -> None:
     """Read, segment and write one input; the labelmap is written last, so its presence means done."""
-    from .terminology import segmentation_segments
-    from .volume_io import read_volume, write_labelmap, write_segmentation_nrrd, write_volume
+    from ..engine.classes import segmentation_segments
+    from ..engine.image_io import read_volume, write_labelmap, write_segmentation_nrrd, write_volume
 
     volume = read_volume(job.input, series_uid=job.series_uid, component=job.component)
     maps = segmenter.predict(volume, list(selected), progress=progress)
@@ -389,9 +390,9 @@ def _add_make_data(subparsers) -> None:
 
 
 def _run_make_data(args) -> int:
-    from . import make_data
+    from ..data import make_data
 
-    bar, progress = cli_training.progress_bar("make-data")
+    bar, progress = training_commands.progress_bar("make-data")
     with bar:
         datasets = make_data.build_training_data(args.out_dir, seed=args.seed, overwrite=args.overwrite,
                                                  progress=progress, tasks=args.tasks)
@@ -401,8 +402,5 @@ def _run_make_data(args) -> int:
     return EXIT_OK
 
 
-SUBCOMMANDS: Tuple[Callable, ...] = (_add_info, _add_segment, _add_make_data) + cli_training.SUBCOMMANDS
+SUBCOMMANDS: Tuple[Callable, ...] = (_add_info, _add_segment, _add_make_data) + training_commands.SUBCOMMANDS
 
-
-if __name__ == "__main__":  # python -m MultiTaskSegLib.cli
-    sys.exit(main())

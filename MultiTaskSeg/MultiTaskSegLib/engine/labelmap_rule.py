@@ -37,8 +37,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .classes import ClassInfo
 from .errors import InputError
-from .terminology import ClassInfo
 
 ClassKey = Union[int, str]
 

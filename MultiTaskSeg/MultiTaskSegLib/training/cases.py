@@ -18,11 +18,11 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ..engine.errors import InputError
+from ..engine.geometry import to_canonical
+from ..engine.image_io import read_volume
+from ..engine.normalization import normalize
 from .datasets import Case, TaskDataset
-from .errors import InputError
-from .geometry import to_canonical
-from .normalization import normalize
-from .volume_io import read_volume
 
 
 @dataclass

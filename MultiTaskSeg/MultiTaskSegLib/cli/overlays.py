@@ -12,8 +12,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .geometry import Volume, to_canonical
-from .terminology import ClassInfo
+from ..engine.classes import ClassInfo
+from ..engine.geometry import Volume, to_canonical
 
 
 def _window(image: np.ndarray) -> np.ndarray:

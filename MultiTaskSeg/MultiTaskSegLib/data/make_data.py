@@ -13,10 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence
 
-from . import brain_data, phantoms
-from .datasets import TaskDataset, write_dataset
-from .errors import OutputError
-from .progress import CancelCheck, ProgressCallback, check_cancel, sub_progress
+from . import brain_templates
+
+from ..engine.errors import OutputError
+from ..engine.progress import CancelCheck, ProgressCallback, check_cancel, sub_progress
+from ..training.datasets import TaskDataset, write_dataset
+from . import phantoms
 
 TASKS = ("brain", "breast", "coronary")
 BRAIN_DATASET = "Dataset001_BrainAtlas"
@@ -51,7 +53,7 @@ def build_training_data(out_dir, n_breast_train: int = 8, n_breast_test: int = 3
     check_cancel(cancel)
     writers = {
         "brain": lambda part: write_dataset(
-            out, BRAIN_DATASET, "MR", _labels(brain_data.BRAIN_CLASSES), _brain_cases(), task="brain",
+            out, BRAIN_DATASET, "MR", _labels(brain_templates.BRAIN_CLASSES), _brain_cases(), task="brain",
             overwrite=overwrite, description="MNI152 (train) and ICBM 2009a (test) T1 templates with approximate "
             "Desikan-Killiany atlas labels grouped into six tissue classes.",
             progress=part, cancel=cancel, expected_cases=2),
@@ -81,9 +83,9 @@ def _labels(class_names) -> dict:
 
 
 def _brain_cases() -> Iterator[tuple]:
-    image, labels = brain_data.mni152_brain_case()
+    image, labels = brain_templates.mni152_brain_case()
     yield "mni152", image, labels, "train"
-    image, labels = brain_data.icbm2009a_brain_case()
+    image, labels = brain_templates.icbm2009a_brain_case()
     yield "icbm2009a", image, labels, "test"
 
 

@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import OutputError
+from ..engine.errors import OutputError
 
 
 def progress_bar(description: str):
@@ -62,7 +62,7 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train(args) -> int:
-    from .training import TrainConfig, train
+    from ..training.loop import TrainConfig, train
 
     if Path(args.output).exists() and not args.overwrite:
         raise OutputError(f"{args.output} exists already: use --overwrite to replace it, or choose another output.")
@@ -101,11 +101,11 @@ def _add_evaluate(subparsers) -> None:
 
 
 def _run_evaluate(args) -> int:
-    from .bundle import load_bundle
-    from .cases import prepare_dataset
-    from .datasets import load_dataset
-    from .evaluation import evaluate_cases, write_report
-    from .pipeline import Segmenter
+    from ..engine.bundle import load_bundle
+    from ..training.cases import prepare_dataset
+    from ..training.datasets import load_dataset
+    from ..training.evaluation import evaluate_cases, write_report
+    from ..engine.segmenter import Segmenter
 
     prefix = Path(args.report)
     existing = [p for p in (prefix.with_suffix(".md"), prefix.with_suffix(".json")) if p.exists()]
@@ -191,7 +191,7 @@ def _add_experiments(subparsers) -> None:
 
 
 def _run_experiments(args) -> int:
-    from .experiments import conclusions, run_experiments
+    from ..training.experiments import conclusions, run_experiments
 
     report = Path(args.report) if args.report else Path(args.work_dir) / "experiments.md"
     bar, progress = progress_bar("experiments")

@@ -20,11 +20,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from . import __version__
+from .. import __version__
+from .classes import DEFAULT_CLASSES, DEFAULT_TASKS, ClassInfo, TaskInfo
 from .errors import ModelError
-from .model import Architecture, TriplanarCNN
+from .network import Architecture, TriplanarCNN
 from .normalization import DEFAULT_NORMALIZATION
-from .terminology import DEFAULT_CLASSES, DEFAULT_TASKS, ClassInfo, TaskInfo
 
 FORMAT = "multitaskseg.bundle"
 FORMAT_VERSION = 1
@@ -37,7 +37,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 def models_dir() -> Path:
     """``Resources/Models`` of the Slicer module: beside the package in the source tree and in Slicer."""
-    return Path(__file__).resolve().parent.parent / "Resources" / "Models"
+    return Path(__file__).resolve().parents[2] / "Resources" / "Models"
 
 
 def default_model_path() -> Path:

@@ -12,18 +12,14 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .bundle import ModelBundle
+from ..engine.bundle import ModelBundle
+from ..engine.labelmap_rule import ProbabilityMaps, threshold_to_level
+from ..engine.metrics import alien_class_rate, dice_per_class, optimal_operating_point
+from ..engine.prepared_model import inference_model
+from ..engine.progress import CancelCheck, ProgressCallback, check_cancel, report
+from ..engine.slab_loop import dense_probabilities
+from ..engine.slab_sizing import DenseOptions
 from .cases import PreparedCase
-from .dense import DenseOptions, dense_probabilities
-from .metrics import alien_class_rate, dice_per_class, optimal_operating_point
-from .progress import CancelCheck, ProgressCallback, check_cancel, report
-from .thresholds import ProbabilityMaps, threshold_to_level
-
-
-def case_probabilities(bundle: ModelBundle, case: PreparedCase, device: torch.device, precision: str) -> np.ndarray:
-    """uint8 probabilities (C, z, y, x) of a prepared case; non-sample voxels are background."""
-    options = DenseOptions(precision=precision, channels_last=device.type == "cpu" and precision != "fp32")
-    return dense_probabilities(bundle.model.to(device), case.image, case.mask, device, options)
 
 
 def evaluate_cases(bundle: ModelBundle, cases: Sequence[PreparedCase], device: torch.device | str = "cpu",
@@ -34,13 +30,16 @@ def evaluate_cases(bundle: ModelBundle, cases: Sequence[PreparedCase], device: t
     Returns {"cases": [...], "thresholds": {class index: t}, "operating_points": {...}, "summary": {...}}.
     """
     device = torch.device(device)
-    bundle.model.eval()
+    channels_last = device.type == "cpu" and precision != "fp32"
+    model = inference_model(bundle.model, precision, device, channels_last)
+    options = DenseOptions(precision=precision, channels_last=channels_last)
     thresholded = [c.index for c in bundle.classes if c.decision == "threshold"]
     maps: List[ProbabilityMaps] = []
     for i, case in enumerate(cases):
         check_cancel(cancel)
         report(progress, i / max(1, len(cases)), f"Evaluating {case.case_id}")
-        maps.append(ProbabilityMaps(case_probabilities(bundle, case, device, precision), bundle.classes,
+        probabilities = dense_probabilities(model, case.image, case.mask, device, options)
+        maps.append(ProbabilityMaps(probabilities, bundle.classes,
                                     None, bundle.default_thresholds))
     thresholds = dict(bundle.default_thresholds)
     operating_points = {}

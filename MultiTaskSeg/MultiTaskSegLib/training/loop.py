@@ -27,16 +27,17 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .bundle import ModelBundle, new_bundle
+from ..engine.bundle import ModelBundle, new_bundle
+from ..engine.classes import DEFAULT_CLASSES, DEFAULT_TASKS
+from ..engine.devices import autocast, default_precision, resolve_device
+from ..engine.errors import InputError
+from ..engine.network import crops_logits
+from ..engine.network import Architecture
+from ..engine.progress import CancelCheck, ProgressCallback, check_cancel, report
 from .cases import group_by_task, prepare_dataset
 from .datasets import TaskDataset, load_dataset
-from .dense import autocast, crops_logits
-from .model import Architecture
-from .errors import InputError
 from .evaluation import evaluate_cases, write_report
-from .progress import CancelCheck, ProgressCallback, check_cancel, report
 from .sampling import BatchStream, validation_blocks, weighted_batches
-from .terminology import DEFAULT_CLASSES, DEFAULT_TASKS
 
 
 @dataclass
@@ -54,7 +55,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     device: str = "auto"
-    precision: str = "auto"          # "fp32", "bf16", "fp16"; auto: see _precision
+    precision: str = "auto"          # "fp32", "bf16", "fp16"; auto: devices.default_precision
     workers: Optional[int] = None    # batch-sampling processes; None: 0 on CPU, up to 8 beside a GPU
     augmentation: bool = True
     time_limit_minutes: Optional[float] = None  # stop cleanly (checkpoint, bundle) after this long
@@ -100,18 +101,7 @@ def _setup_distributed(device: str) -> torch.device:
             torch.cuda.set_device(local_rank)
             return torch.device("cuda", local_rank)
         return torch.device("cpu")
-    if device in ("auto", "", None):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def _precision(config: TrainConfig, device: torch.device) -> str:
-    """bf16 where the hardware has it (no loss scaling needed), fp16 on older GPUs; CPU: bf16."""
-    if config.precision != "auto":
-        return config.precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16"
+    return resolve_device(device)
 
 
 def _workers(config: TrainConfig, device: torch.device) -> int:
@@ -267,7 +257,7 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None,
     """Train per the config; returns the bundle (rank 0) after writing it, its report and curves."""
     device = _setup_distributed(config.device)
     rank, world = _rank(), (dist.get_world_size() if _distributed() else 1)
-    precision = _precision(config, device)
+    precision = config.precision if config.precision != "auto" else default_precision(device, training=True)
     work = Path(config.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed + rank)

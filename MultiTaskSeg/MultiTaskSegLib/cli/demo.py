@@ -17,13 +17,13 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
-from .bundle import load_bundle
-from .geometry import Volume
-from .metrics import dice_per_class
-from .pipeline import Segmenter
-from .progress import ProgressCallback, report, sub_progress
-from .terminology import segmentation_segments
-from .volume_io import read_volume, write_labelmap, write_segmentation_nrrd, write_volume
+from ..engine.bundle import load_bundle
+from ..engine.classes import segmentation_segments
+from ..engine.geometry import Volume
+from ..engine.image_io import read_volume, write_labelmap, write_segmentation_nrrd, write_volume
+from ..engine.metrics import dice_per_class
+from ..engine.progress import ProgressCallback, report, sub_progress
+from ..engine.segmenter import Segmenter
 
 # make_data gives phantom case i of seed s the seed 1000*s + i; these are far from any of those.
 DEMO_PHANTOM_SEED = 987_654
@@ -31,10 +31,11 @@ DEMO_PHANTOM_SEED = 987_654
 
 def demo_cases() -> List[Tuple[str, str, Callable[[], Tuple[Volume, np.ndarray]]]]:
     """(name, task, factory) of the three demo images."""
-    from . import brain_data, phantoms
+    from ..data import brain_templates
+    from ..data import phantoms
 
     return [
-        ("brain-icbm2009a", "brain", brain_data.icbm2009a_brain_case),
+        ("brain-icbm2009a", "brain", brain_templates.icbm2009a_brain_case),
         ("breast-phantom", "breast", lambda: phantoms.breast_mri_phantom(DEMO_PHANTOM_SEED)),
         ("coronary-phantom", "coronary", lambda: phantoms.cardiac_cta_phantom(DEMO_PHANTOM_SEED)),
     ]

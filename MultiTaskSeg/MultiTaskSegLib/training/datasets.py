@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from .errors import InputError, OutputError
-from .progress import CancelCheck, ProgressCallback, check_cancel, report
-from .terminology import DEFAULT_TASKS
+from ..engine.classes import DEFAULT_TASKS
+from ..engine.errors import InputError, OutputError
+from ..engine.progress import CancelCheck, ProgressCallback, check_cancel, report
 
 if TYPE_CHECKING:
-    from .geometry import Volume
+    from ..engine.geometry import Volume
 
 DATASET_JSON = "dataset.json"
 CHANNEL_SUFFIX = "_0000"
@@ -158,7 +158,7 @@ def write_dataset(
     place and moved there at the end: a cancelled or failed run leaves nothing behind.
     ``expected_cases`` only scales the progress reports.
     """
-    from . import volume_io  # imported here: SimpleITK is only needed when writing
+    from ..engine import image_io  # imported here: SimpleITK is only needed when writing
 
     if not DATASET_NAME_PATTERN.match(name):
         raise OutputError(f"Dataset name {name!r} must look like 'Dataset123_Name' (nnU-Net v2 naming).")
@@ -186,8 +186,8 @@ def write_dataset(
             images_dir, labels_dir = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
             (staging / images_dir).mkdir(exist_ok=True)
             (staging / labels_dir).mkdir(exist_ok=True)
-            volume_io.write_volume(image, staging / images_dir / f"{case_id}{CHANNEL_SUFFIX}{DEFAULT_FILE_ENDING}")
-            volume_io.write_labelmap(
+            image_io.write_volume(image, staging / images_dir / f"{case_id}{CHANNEL_SUFFIX}{DEFAULT_FILE_ENDING}")
+            image_io.write_labelmap(
                 label_array.astype(np.uint8), image, staging / labels_dir / f"{case_id}{DEFAULT_FILE_ENDING}"
             )
             num_training += split == "train"

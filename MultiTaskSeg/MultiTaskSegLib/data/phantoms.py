@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .geometry import Volume
+from ..engine.geometry import Volume
 
 BREAST_SHAPE = (64, 112, 160)
 BREAST_SPACING_MM = 1.3

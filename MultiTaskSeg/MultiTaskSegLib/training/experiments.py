@@ -30,10 +30,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..engine.classes import DEFAULT_CLASSES, DEFAULT_TASKS
+from ..engine.errors import InputError, OutputError
+from ..engine.progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
 from .datasets import load_dataset
-from .errors import InputError, OutputError
-from .progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
-from .terminology import DEFAULT_CLASSES, DEFAULT_TASKS
 
 # The paper's training setting, for the report's "reduced versus the paper" table.
 PAPER = {"steps_per_task": 25000, "n_layers": 25, "validate_every": 1000, "samples_per_batch": 210,
@@ -142,7 +142,7 @@ def _curve(log: Sequence[dict], class_names: Sequence[str], k: int) -> dict:
 def _train_one(e: Experiment, repeat: bool, datasets: Dict[str, str], run_dir: Path, settings: dict,
                progress: Optional[ProgressCallback], cancel: Optional[CancelCheck]) -> dict:
     """Train and evaluate one experiment (or reuse its finished result); returns its result record."""
-    from .training import TrainConfig, train  # torch-heavy: imported when training starts
+    from .loop import TrainConfig, train  # torch-heavy: imported when training starts
 
     k = len(e.tasks)
     seed = settings["seed"] + (REPEAT_SEED_OFFSET if repeat else 0)

@@ -94,7 +94,7 @@ def install_missing(pip_install: Optional[Installer] = None, torch_installer=Non
     importlib.invalidate_caches()
     still_missing = missing_packages()
     if still_missing:
-        from .errors import MultiTaskSegError
+        from ..engine.errors import MultiTaskSegError
 
         raise MultiTaskSegError(
             f"Installing {', '.join(still_missing)} did not succeed: see the Python console for pip's "

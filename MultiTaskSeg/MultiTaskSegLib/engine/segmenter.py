@@ -1,4 +1,4 @@
-"""From an image to per-class probabilities on its own grid (DESIGN.md, "How data flows").
+"""The segmenter: from an image to per-class probabilities on its own grid.
 
 volume -> canonical axis-aligned LPS grid at isotropic spacing (the three planes become axial,
 coronal, sagittal) -> per-modality normalisation -> dense triplanar pass on the voxels with raw
@@ -9,20 +9,20 @@ intensity > 0 (the paper's samples) -> uint8 probabilities -> back to the input 
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 
 from .bundle import ModelBundle
-from .dense import DenseOptions, dense_probabilities, fast_cpu_precision, inference_model
-from .errors import InputError
+from .devices import available_devices, configure_device, default_precision, resolve_device
 from .geometry import Volume, from_canonical, to_canonical, validate_volume
+from .labelmap_rule import ProbabilityMaps, background_outside
 from .normalization import normalize, resolve_modality
+from .prepared_model import inference_model
 from .progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
-from .thresholds import ProbabilityMaps, background_outside
-
-DEVICES = ("auto", "cpu", "cuda")
+from .slab_loop import dense_probabilities
+from .slab_sizing import DenseOptions
 
 
 def dilated_by_one_voxel(mask: np.ndarray) -> np.ndarray:
@@ -43,81 +43,6 @@ def dilated_by_one_voxel(mask: np.ndarray) -> np.ndarray:
     return grown
 
 
-def available_devices() -> List[Tuple[str, str]]:
-    """(name, description) of each device this machine can run the network on."""
-    devices = [("cpu", f"CPU ({torch.get_num_threads()} threads)")]
-    if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
-            devices.append((f"cuda:{i}" if i else "cuda", f"GPU {i}: {torch.cuda.get_device_name(i)}"))
-    return devices
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" picks the GPU when there is one; asking for a GPU that is not there is an error."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("A GPU (cuda) was asked for but PyTorch finds none; use --device cpu or auto.")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise InputError(f"Unknown device {device!r}: use auto, cpu or cuda.") from None
-
-
-def default_precision(device: torch.device) -> str:
-    """Reduced precision where the hardware runs it fast; fp32 otherwise.
-
-    GPUs: fp16 (bf16 would do as well on Ampere and later; fp16 also runs on older cards). CPUs:
-    bf16 where the instruction set multiplies it natively (AVX512-BF16, AMX); labels then agree with
-    fp32 on >= 99.8% of voxels, the others near-ties within 2/255 (Testing/test_speed_paths.py).
-    """
-    if device.type == "cuda":
-        return "fp16"
-    return fast_cpu_precision()
-
-
-def physical_core_count() -> int:
-    """Physical cores this process may run on: more threads than cores (SMT siblings) slow convs down."""
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        with open("/proc/cpuinfo") as f:
-            cores = set()
-            physical = core = None
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "physical id":
-                    physical = value.strip()
-                elif key == "core id":
-                    core = value.strip()
-                    cores.add((physical, core))
-        if cores:
-            return max(1, min(allowed, len(cores)))
-    except OSError:
-        pass
-    return max(1, allowed)
-
-
-def configure_device(device: torch.device) -> None:
-    """Process-wide settings for speed: one thread per physical core on CPUs.
-
-    GPUs: cuDNN's autotuning (``cudnn.benchmark``) is left as it is (off unless the caller turned it
-    on). On an H100 it spent 9-12 s searching kernels on the first run of a brain whose conv stack
-    then took 0.1 s, and every volume brings new plane shapes (its foreground boxes), so each would
-    pay the search again (benchmarks/bench_gpu.py measures the first run with and without it).
-
-    Leaves the thread count alone when the user set OMP_NUM_THREADS or MULTITASKSEG_THREADS says
-    otherwise.
-    """
-    if device.type == "cuda":
-        return
-    threads = os.environ.get("MULTITASKSEG_THREADS")
-    if threads:
-        torch.set_num_threads(max(1, int(threads)))
-    elif "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(physical_core_count())
-
-
 class Segmenter:
     """A loaded model on a device, ready to segment volumes.
 
@@ -134,7 +59,7 @@ class Segmenter:
         self.modality = modality
         self.precision = default_precision(self.device) if precision == "auto" else precision
         configure_device(self.device)
-        # 0: each slab sizes itself from the memory available at the time (dense.memory_budget)
+        # 0: each slab sizes itself from the memory available at the time (slab_sizing.memory_budget)
         budget = memory_budget_bytes or int(os.environ.get("MULTITASKSEG_MEMORY_BUDGET", 0))
         self.options = DenseOptions(precision=self.precision, memory_budget_bytes=budget, channels_last=True)
         self.model = bundle.model.to(self.device).eval()

@@ -16,10 +16,10 @@ from typing import Dict, Iterable, Optional, Sequence
 
 import numpy as np
 
+from .classes import ClassInfo
 from .errors import InputError
+from .labelmap_rule import check_threshold, quantize_probabilities, threshold_to_level
 from .progress import CancelCheck, ProgressCallback, check_cancel, report
-from .terminology import ClassInfo
-from .thresholds import check_threshold, quantize_probabilities, threshold_to_level
 
 _CHUNK = 1 << 22  # voxels per chunk: bounds the int64 temporaries of bincount
 

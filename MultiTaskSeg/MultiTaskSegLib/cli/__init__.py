@@ -1,0 +1,5 @@
+"""The ``multitaskseg`` command; ``main`` is its entry point."""
+
+from .program import main
+
+__all__ = ["main"]

@@ -1,0 +1,276 @@
+"""The dense slab loop: every voxel's triplanar classification, slab by slab, by a prepared model.
+
+For a block of target voxels z0:z1, y0:y1, x0:x1 it runs
+
+* the axial planes    z0..z1 over rows y0-25..y1+25, cols x0-25..x1+25,
+* the coronal planes  y0..y1 over rows z0-25..z1+25, cols x0-25..x1+25,
+* the sagittal planes x0..x1 over rows z0-25..z1+25, cols y0-25..y1+25,
+
+puts the three feature maps into the same (z, y, x) order and applies the head as three matrix
+products on (voxels x 96) features. Within a slab the conv stack runs only over the foreground's
+bounding boxes and the head only on the samples (everything else is background by the paper's
+sample rule, intensity > 0). Outside the volume counts as intensity 0, as in the patch formulation.
+
+The loop takes the model it is given: one prepared by ``prepared_model.inference_model`` runs the
+fast path; the network as trained runs the reference path (``network.crops_logits`` under autocast),
+which tests and benchmarks compare against. A slab that runs out of device memory is split and
+retried; a GPU that cannot fit even thin slabs hands over to the CPU.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .devices import autocast, fast_cpu_precision
+from .heap import heap_reused_by_conv_layers, return_freed_memory_to_the_system
+from .labelmap_rule import background_outside
+from .network import TriplanarCNN, crops_logits
+from .prepared_model import inference_model, is_prepared
+from .progress import CancelCheck, ProgressCallback, check_cancel, report
+from .slab_sizing import HEAD_CHUNK_VOXELS, DenseOptions, foreground_box, planes_per_batch_for, slab_thickness
+
+Box = Tuple[int, int, int, int, int, int]  # z0, z1, y0, y1, x0, x1 (half-open), unpadded coordinates
+
+
+def _crop_with_zeros(volume: np.ndarray, box: Box, halo: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The box plus ``halo`` on every side, zeros outside the volume, as a tensor on ``device``.
+
+    Replaces a zero-padded copy of the whole volume: only one slab's input exists at a time.
+    """
+    z0, z1, y0, y1, x0, x1 = box
+    out = torch.zeros((z1 - z0 + 2 * halo, y1 - y0 + 2 * halo, x1 - x0 + 2 * halo), dtype=torch.float32)
+    src, dst = [], []
+    for lo, hi, total in ((z0, z1, volume.shape[0]), (y0, y1, volume.shape[1]), (x0, x1, volume.shape[2])):
+        a, b = max(lo - halo, 0), min(hi + halo, total)
+        src.append(slice(a, b))
+        dst.append(slice(a - (lo - halo), b - (lo - halo)))
+    out[tuple(dst)] = torch.from_numpy(np.ascontiguousarray(volume[tuple(src)], dtype=np.float32))
+    return out.to(device=device, dtype=dtype)
+
+
+PlaneGroup = Tuple[int, int, int, int, int, int]  # planes p0:p1, rows r0:r1, cols c0:c1 (target voxels)
+
+
+def _plane_groups(mask: Optional[np.ndarray], shape: Tuple[int, int, int], group: int) -> List[PlaneGroup]:
+    """Runs of ``group`` consecutive planes of a (planes, rows, cols) mask, each with its own box.
+
+    Near the top and bottom of a brain the planes' foreground is much smaller than the slab's box:
+    boxes per few planes skip about a third of the work on round anatomy, yet keep planes batched.
+    """
+    planes, rows, cols = shape
+    if mask is None:  # the whole box, still in batches of ``group`` planes (bounded activations)
+        return [(p0, min(planes, p0 + group), 0, rows, 0, cols) for p0 in range(0, planes, group)]
+    groups = []
+    for p0 in range(0, planes, group):
+        box = foreground_box(mask[p0:p0 + group])
+        if box is not None:
+            groups.append((p0, min(planes, p0 + group)) + box)
+    return groups
+
+
+def _features_into(model: TriplanarCNN, crop: torch.Tensor, target: torch.Tensor, mask: Optional[np.ndarray],
+                   batch: int, channels_last: bool, after_group: Callable[[], None] = lambda: None) -> None:
+    """Conv-stack features of one orientation's planes, written into ``target`` (P, R, C, F), a view.
+
+    ``crop`` (P, R + 2h, C + 2h) holds the planes with their context; only each plane group's
+    foreground box is computed, which always holds the group's ``mask`` voxels.
+    """
+    h = model.arch.halo
+    for p0, p1, r0, r1, c0, c1 in _plane_groups(mask, tuple(target.shape[:3]), batch):
+        planes = crop[p0:p1, r0:r1 + 2 * h, c0:c1 + 2 * h, None].permute(0, 3, 1, 2)
+        planes = planes.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        target[p0:p1, r0:r1, c0:c1] = model.features(planes).permute(0, 2, 3, 1)
+        after_group()
+
+
+def _head_probabilities(model: TriplanarCNN, features: torch.Tensor) -> torch.Tensor:
+    """uint8 probabilities (N, C) from (N, 3F) features: the 1x1-conv head as matrix products."""
+    x = features
+    *hidden, output = list(model.head)
+    for layer in hidden:
+        x = nn.functional.linear(x, layer.weight.flatten(1), layer.bias) if isinstance(layer, nn.Conv2d) else layer(x)
+    # the class scores in fp32 (192 x C, negligible): bf16 logits alone would shift probabilities by ~1%
+    x = nn.functional.linear(x.float(), output.weight.flatten(1).float(), output.bias.float())
+    return torch.softmax(x, dim=1).mul_(255).round_().to(torch.uint8)
+
+
+class SlabBox(NamedTuple):
+    """A block of target voxels (half-open, unpadded coordinates) and the voxels to classify in it."""
+
+    z0: int
+    z1: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    mask: Optional[np.ndarray] = None  # (z1-z0, y1-y0, x1-x0) bool; None: every voxel of the box
+
+    def split(self) -> Tuple["SlabBox", "SlabBox"]:
+        """Two halves along z (to retry a slab that did not fit in memory)."""
+        middle = (self.z0 + self.z1) // 2
+        cut = middle - self.z0
+        first_mask = None if self.mask is None else self.mask[:cut]
+        second_mask = None if self.mask is None else self.mask[cut:]
+        return (SlabBox(self.z0, middle, self.y0, self.y1, self.x0, self.x1, first_mask),
+                SlabBox(middle, self.z1, self.y0, self.y1, self.x0, self.x1, second_mask))
+
+
+def slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: Box, options: DenseOptions,
+                       device: torch.device) -> torch.Tensor:
+    """uint8 probabilities (z, y, x, C) on the CPU for the target voxels in ``box``, by the prepared ``model``.
+
+    With a ``SlabBox`` carrying a mask, only the mask's voxels are classified (the paper's sample
+    rule); the others get background with probability 1, like everything outside the slab's box. On
+    CPUs the conv stack then runs only over the foreground boxes of the axial, coronal and sagittal
+    plane groups.
+    """
+    h, f = model.arch.halo, model.arch.n_filters
+    dtype = model.head[0].weight.dtype  # the features' dtype; the input stays fp32 (FullPrecisionInput)
+    z0, z1, y0, y1, x0, x1 = box[:6]
+    sample = box.mask if isinstance(box, SlabBox) else None
+    # On GPUs one box per slab: cuDNN autotunes per input shape (benchmark mode), and varying plane-group
+    # boxes would retune for every group; equal slabs repeat the same few shapes.
+    groups_mask = sample if device.type != "cuda" else None
+    dz, dy, dx = z1 - z0, y1 - y0, x1 - x0
+    crop = _crop_with_zeros(volume, (z0, z1, y0, y1, x0, x1), h, torch.float32, device)
+    features = torch.zeros((dz, dy, dx, 3 * f), dtype=dtype, device=device)
+    itemsize = features.element_size()
+    cl = options.channels_last
+    # axial planes (z, y, x); coronal (y, z, x); sagittal (x, z, y): each written into (z, y, x, F)
+    with heap_reused_by_conv_layers(device) as after_group:
+        _features_into(model, crop[h:h + dz], features[..., :f], groups_mask,
+                       planes_per_batch_for(options, model.arch, dy + 2 * h, dx + 2 * h, itemsize, device), cl, after_group)
+        _features_into(model, crop[:, h:h + dy].permute(1, 0, 2), features[..., f:2 * f].permute(1, 0, 2, 3),
+                       None if groups_mask is None else groups_mask.transpose(1, 0, 2),
+                       planes_per_batch_for(options, model.arch, dz + 2 * h, dx + 2 * h, itemsize, device), cl, after_group)
+        _features_into(model, crop[:, :, h:h + dx].permute(2, 0, 1), features[..., 2 * f:].permute(2, 0, 1, 3),
+                       None if groups_mask is None else groups_mask.transpose(2, 0, 1),
+                       planes_per_batch_for(options, model.arch, dz + 2 * h, dy + 2 * h, itemsize, device), cl, after_group)
+    del crop
+    flat = features.reshape(-1, 3 * f)
+    out = torch.zeros((dz * dy * dx, model.arch.num_classes), dtype=torch.uint8)
+    out[:, 0] = 255
+    # Equal-sized chunks of the samples: every distinct row count would build (and cache) new oneDNN
+    # matmul kernels, which grew the heap by ~1.4 MB per chunk when chunks followed the mask.
+    samples = (torch.arange(flat.shape[0]) if sample is None
+               else torch.from_numpy(np.flatnonzero(sample).astype(np.int32)))
+    for start in range(0, samples.shape[0], HEAD_CHUNK_VOXELS):
+        rows = samples[start:start + HEAD_CHUNK_VOXELS]
+        out[rows] = _head_probabilities(model, flat[rows.to(device)]).cpu()
+    return out.reshape(dz, dy, dx, -1)
+
+
+def _reference_slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: Box, options: DenseOptions,
+                                  device: torch.device) -> torch.Tensor:
+    """Same as ``slab_probabilities`` on the network as trained (autocast for reduced precision)."""
+    h = model.arch.halo
+    z0, z1, y0, y1, x0, x1 = box[:6]
+    crop = _crop_with_zeros(volume, (z0, z1, y0, y1, x0, x1), h, torch.float32, device)
+    batch = options.planes_per_batch or 64
+    with autocast(device, options.precision):
+        logits = crops_logits(model, crop[None], batch, options.channels_last)[0]  # (z, C, y, x)
+    probs = torch.softmax(logits.float(), dim=1).mul_(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+    if isinstance(box, SlabBox) and box.mask is not None:  # the same samples as the fast path
+        background_outside(np.moveaxis(probs.numpy(), -1, 0), box.mask)
+    return probs
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def _slab_with_retries(compute: Callable[[SlabBox], torch.Tensor], box: SlabBox, device: torch.device) -> torch.Tensor:
+    """Compute a slab; when the device runs out of memory, split it along z and retry the halves."""
+    try:
+        return compute(box)
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if not is_out_of_memory(error) or box.z1 - box.z0 < 2:
+            raise
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    first, second = box.split()
+    return torch.cat([_slab_with_retries(compute, first, device), _slab_with_retries(compute, second, device)], dim=0)
+
+
+def iter_dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Optional[np.ndarray] = None,
+                             device: torch.device | str = "cpu", options: DenseOptions = DenseOptions(),
+                             progress: Optional[ProgressCallback] = None, cancel: Optional[CancelCheck] = None,
+                             ) -> Iterator[Tuple[int, int, np.ndarray]]:
+    """Yield (z0, z1, probabilities) slab by slab; probabilities are uint8 (C, z1-z0, Y, X), 255 = 1.
+
+    ``model`` is prepared by ``inference_model`` for ``device`` (the fast path) or is the network as
+    trained (the reference path, autocast to ``options.precision``).
+    ``volume`` is the normalised (Z, Y, X) float image on the canonical grid; ``mask`` marks the
+    voxels to classify (default: volume > 0). They get the network's softmax; every other voxel gets
+    background (class 0) with probability 1, as the paper classifies only its samples.
+    Probabilities leave the device as uint8, so transfers and host memory stay small. A slab that
+    runs out of device memory is split and retried.
+    """
+    device = torch.device(device)
+    if mask is None:
+        mask = volume > 0
+    prepared = is_prepared(model)
+    if prepared:  # its weights' dtype is the compute precision
+        options = replace(options, precision=model.inference_precision)
+        compute_box = slab_probabilities
+    else:
+        model = model.eval()
+        compute_box = _reference_slab_probabilities
+    num_classes = model.arch.num_classes
+    z_total, y_total, x_total = volume.shape
+    whole_box = foreground_box(mask)
+    box_shape = (whole_box[1] - whole_box[0], whole_box[3] - whole_box[2]) if whole_box else (1, 1)
+    thickness = slab_thickness(volume.shape, num_classes, options, model.arch.n_filters, box_shape, device, prepared)
+    return_freed_memory_to_the_system()
+    with torch.inference_mode():
+        for z0 in range(0, z_total, thickness):
+            check_cancel(cancel)
+            z1 = min(z_total, z0 + thickness)
+            slab = np.zeros((num_classes, z1 - z0, y_total, x_total), dtype=np.uint8)
+            slab[0] = 255
+            box = foreground_box(mask[z0:z1])
+            if box is not None:
+                y0, y1, x0, x1 = box
+                slab_box = SlabBox(z0, z1, y0, y1, x0, x1, mask[z0:z1, y0:y1, x0:x1])
+                probs = _slab_with_retries(lambda b: compute_box(model, volume, b, options, device), slab_box, device)
+                slab[:, :, y0:y1, x0:x1] = probs.permute(3, 0, 1, 2).numpy()
+                del probs
+                return_freed_memory_to_the_system()
+            yield z0, z1, slab
+            report(progress, z1 / z_total, "Running the network")
+
+
+def dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Optional[np.ndarray] = None,
+                        device: torch.device | str = "cpu", options: DenseOptions = DenseOptions(),
+                        progress: Optional[ProgressCallback] = None, cancel: Optional[CancelCheck] = None,
+                        ) -> np.ndarray:
+    """Whole-volume uint8 probabilities (C, Z, Y, X); see ``iter_dense_probabilities``.
+
+    When a GPU runs out of memory even for one-plane slabs, the pass warns and continues on the CPU.
+    """
+    out = np.empty((model.arch.num_classes,) + tuple(volume.shape), dtype=np.uint8)
+    device = torch.device(device)
+    done = 0
+    try:
+        for z0, z1, slab in iter_dense_probabilities(model, volume, mask, device, options, progress, cancel):
+            out[:, z0:z1] = slab
+            done = z1
+    except (torch.OutOfMemoryError, RuntimeError) as error:
+        if device.type != "cuda" or not is_out_of_memory(error):
+            raise
+        message = ("The GPU ran out of memory even for the thinnest slabs; continuing on the CPU (slower). "
+                   "Close other GPU programs or choose the CPU device to avoid this.")
+        warnings.warn(message, RuntimeWarning)
+        report(progress, done / max(1, volume.shape[0]), message)
+        torch.cuda.empty_cache()
+        cpu_model = inference_model(model, fast_cpu_precision(), "cpu", channels_last=True)
+        cpu_options = replace(options, memory_budget_bytes=0, channels_last=True)
+        for z0, z1, slab in iter_dense_probabilities(cpu_model, volume, mask, "cpu", cpu_options, progress, cancel):
+            out[:, z0:z1] = slab
+    return out
