@@ -15,7 +15,7 @@ import pytest
 
 from MultiTaskSegLib.engine.bundle import ModelBundle, make_random_bundle
 from MultiTaskSegLib.engine.geometry import Volume
-from MultiTaskSegLib.engine.image_io import write_volume
+from MultiTaskSegLib.engine.image_writing import write_volume
 
 
 def small_random_bundle(seed: int = 0) -> ModelBundle:

@@ -21,7 +21,7 @@ from MultiTaskSegLib.engine.bundle import (
     new_bundle,
     read_metadata,
 )
-from MultiTaskSegLib.engine.errors import ModelError
+from MultiTaskSegLib.engine.errors import InputError, ModelError
 from MultiTaskSegLib.engine.network import Architecture, parameter_count
 from MultiTaskSegLib.engine.classes import DEFAULT_CLASSES
 
@@ -231,7 +231,7 @@ def test_class_names_resolve_case_insensitively_and_unknown_names_list_the_valid
     assert original.class_index("White Matter") == 1
     assert original.class_index(" coronary arteries ") == 8
     assert original.class_index(7) == 7
-    with pytest.raises(ModelError, match="no class 'liver'.*'pectoral muscle'"):
+    with pytest.raises(InputError, match="no class 'liver'.*'pectoral muscle'"):
         original.class_index("liver")
-    with pytest.raises(ModelError):
+    with pytest.raises(InputError):
         original.class_index(9)

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MultiTaskSegLib.cli import program as cli
+from MultiTaskSegLib.cli import program as cli, segment_command
 
 from MultiTaskSegLib.data import make_data
 from MultiTaskSegLib.engine.bundle import load_bundle
 from MultiTaskSegLib.engine.network import parameter_count
 from MultiTaskSegLib.engine.segmenter import Segmenter
-from MultiTaskSegLib.engine.image_io import read_volume
+from MultiTaskSegLib.engine.image_reading import read_volume
 
 
 def run(capsys, *argv):
@@ -216,7 +216,7 @@ def test_bad_thresholds_are_one_line_errors(capsys, tmp_path, image_files, small
 
 def test_thresholds_parse_by_name_case_insensitively(small_bundle_file):
     bundle = load_bundle(small_bundle_file)
-    assert cli.parse_thresholds(["Pectoral Muscle=0.25", "coronary arteries = 1"], bundle) == {7: 0.25, 8: 1.0}
+    assert segment_command.parse_thresholds(["Pectoral Muscle=0.25", "coronary arteries = 1"], bundle) == {7: 0.25, 8: 1.0}
 
 
 @pytest.mark.parametrize("argv, message", [

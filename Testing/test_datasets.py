@@ -8,7 +8,7 @@ import pytest
 from MultiTaskSegLib.training.datasets import load_dataset, write_dataset
 from MultiTaskSegLib.engine.errors import InputError, OutputError
 from MultiTaskSegLib.engine.geometry import Volume
-from MultiTaskSegLib.engine import image_io as volume_io
+from MultiTaskSegLib.engine import image_reading
 
 BUNDLE_CLASSES = ["background", "white matter", "cortical grey matter", "basal ganglia and thalami",
                   "ventricular cerebrospinal fluid", "cerebellum", "brain stem", "pectoral muscle",
@@ -39,8 +39,8 @@ def test_round_trip_keeps_cases_geometry_and_metadata(written):
     assert dataset.training[0].image_path.name == "p001_0000.nii.gz"
     meta = json.loads((dataset.root / "dataset.json").read_text())
     assert meta["numTraining"] == 2 and meta["channel_names"] == {"0": "T1"} and meta["file_ending"] == ".nii.gz"
-    image = volume_io.read_volume(dataset.training[1].image_path)
-    labels = volume_io.read_volume(dataset.training[1].label_path)
+    image = image_reading.read_volume(dataset.training[1].image_path)
+    labels = image_reading.read_volume(dataset.training[1].label_path)
     np.testing.assert_allclose(image.array, cases[1][1].array, rtol=1e-6)
     np.testing.assert_array_equal(labels.array, cases[1][2])
     np.testing.assert_allclose(image.direction, np.diag([1.0, -1.0, 1.0]))

@@ -356,6 +356,18 @@ def test_end_to_end_with_a_random_weights_bundle(scene):
     assert set(np.unique(shared)) <= set(maps.thresholded_classes())  # threshold 0 takes every voxel
 
 
+def test_the_console_example_of_the_logic_docstring_works(scene, logic):
+    """The module docstring's example, as a user types it: class names in sentence case."""
+    volumeNode = add_volume(scene)
+    segmentationNode = logic.segment(volumeNode, classes=["White matter", "Pectoral muscle"])
+    assert segment_names(segmentationNode) == [WHITE_MATTER, BALL_NAME]
+    ball = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(BALL_NAME)
+    before = len(segment_ras_points(segmentationNode, ball))
+    logic.update_thresholds(segmentationNode, {"Pectoral muscle": 0.7})
+    assert 0 < len(segment_ras_points(segmentationNode, ball)) < before
+    assert logic.current_thresholds(segmentationNode)[BALL_CLASS] == pytest.approx(0.7)
+
+
 def test_segment_folder_writes_one_seg_nrrd_per_image(tmp_path, logic):
     import SimpleITK as sitk
 

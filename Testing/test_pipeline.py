@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from MultiTaskSegLib.engine.bundle import load_bundle
-from MultiTaskSegLib.engine.errors import Cancelled, InputError, ModelError
+from MultiTaskSegLib.engine.errors import Cancelled, InputError
 from MultiTaskSegLib.engine.geometry import Volume
 from MultiTaskSegLib.engine.devices import resolve_device
 from MultiTaskSegLib.engine.segmenter import Segmenter
@@ -99,7 +99,7 @@ def test_a_subset_of_classes_labels_only_those(segmenter, oblique_maps):
 
 def test_unknown_or_background_classes_are_refused(segmenter, oblique_maps):
     volume, _ = oblique_maps
-    with pytest.raises(ModelError, match="no class 'liver'"):
+    with pytest.raises(InputError, match="no class 'liver'"):
         segmenter.predict(volume, ["liver"])
     with pytest.raises(InputError, match="Background"):
         segmenter.predict(volume, ["background"])

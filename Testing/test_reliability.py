@@ -60,12 +60,13 @@ from MultiTaskSegLib.engine.prepared_model import inference_model
 
 from MultiTaskSegLib.engine import segmenter as pipeline
 
-from MultiTaskSegLib.engine import image_io as volume_io
+from MultiTaskSegLib.engine import image_reading
 from MultiTaskSegLib.engine.bundle import load_bundle
 from MultiTaskSegLib.engine.errors import InputError
 from MultiTaskSegLib.engine.geometry import Volume, to_canonical
 from MultiTaskSegLib.engine.segmenter import Segmenter
-from MultiTaskSegLib.engine.image_io import check_size_from_header, read_volume, write_volume
+from MultiTaskSegLib.engine.image_reading import check_size_from_header, read_volume
+from MultiTaskSegLib.engine.image_writing import write_volume
 
 from conftest import small_random_bundle, synthetic_volume
 from test_cli import assert_one_error_line, run
@@ -216,7 +217,7 @@ def test_huge_dicom_series(tmp_path, monkeypatch):
     volume = Volume(np.arange(5 * 9 * 8, dtype=np.int16).reshape(5, 9, 8))
     uid = "1.2.826.0.1.3680043.2.1125.2.303"
     write_dicom_series(tmp_path / "series", volume, uid, "T1")
-    monkeypatch.setattr(volume_io, "physical_memory_bytes", lambda: 2048)  # the series needs 2160 bytes
+    monkeypatch.setattr(image_reading, "physical_memory_bytes", lambda: 2048)  # the series needs 2160 bytes
     monkeypatch.setattr(sitk.ImageSeriesReader, "Execute", lambda self: pytest.fail("the series was read"))
     with pytest.raises(InputError, match=rf"DICOM series {uid} .* 8 x 9 x 5 voxels.*nothing was read"):
         read_volume(tmp_path / "series")

@@ -12,8 +12,8 @@ import SimpleITK as sitk
 
 from MultiTaskSegLib.engine.errors import InputError, OutputError
 from MultiTaskSegLib.engine.geometry import Volume
-from MultiTaskSegLib.engine.image_io import (atomic_write_path, read_volume, write_labelmap,
-                                       write_segmentation_nrrd, write_volume)
+from MultiTaskSegLib.engine.image_reading import read_volume
+from MultiTaskSegLib.engine.image_writing import atomic_write_path, write_labelmap, write_segmentation_nrrd, write_volume
 
 _ANGLE = np.radians(30)
 OBLIQUE = np.array([[np.cos(_ANGLE), -np.sin(_ANGLE), 0.0],

@@ -41,7 +41,8 @@ from MultiTaskSegLib.engine.prepared_model import inference_model  # noqa: E402
 from MultiTaskSegLib.engine.network import Architecture, TriplanarCNN  # noqa: E402
 from MultiTaskSegLib.engine.normalization import normalize  # noqa: E402
 from MultiTaskSegLib.engine.segmenter import Segmenter  # noqa: E402
-from MultiTaskSegLib.engine.image_io import read_volume, write_volume  # noqa: E402
+from MultiTaskSegLib.engine.image_reading import read_volume  # noqa: E402
+from MultiTaskSegLib.engine.image_writing import write_volume  # noqa: E402
 
 CUDA = torch.device("cuda")
 

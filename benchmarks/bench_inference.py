@@ -77,7 +77,7 @@ def instrument_conv_stack(model) -> dict:
 def worker(args) -> None:
     """Segment one file end to end with one configuration; print one JSON line."""
     from MultiTaskSegLib.engine.bundle import load_bundle
-    from MultiTaskSegLib.engine.image_io import read_volume
+    from MultiTaskSegLib.engine.image_reading import read_volume
 
     bundle = load_bundle(args.model)
     segmenter = pipeline.Segmenter(bundle, device=args.device, precision=args.precision)
@@ -269,7 +269,7 @@ def main() -> None:
 
     from MultiTaskSegLib.data.brain_templates import mni152_brain_case
     from MultiTaskSegLib.engine.normalization import normalize
-    from MultiTaskSegLib.engine.image_io import write_volume
+    from MultiTaskSegLib.engine.image_writing import write_volume
 
     result = {"benchmark": "inference", "machine": machine_state()}
     print(f"machine: {result['machine']['cpu']}, load {result['machine']['load_average_before']}", flush=True)

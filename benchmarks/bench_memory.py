@@ -44,7 +44,7 @@ def cta_sized_volume(shape=SHAPE):
 def worker(args) -> None:
     from MultiTaskSegLib.engine.bundle import load_bundle
     from MultiTaskSegLib.engine.segmenter import Segmenter
-    from MultiTaskSegLib.engine.image_io import read_volume
+    from MultiTaskSegLib.engine.image_reading import read_volume
 
     start = time.perf_counter()
     stages = {}
@@ -76,7 +76,7 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    from MultiTaskSegLib.engine.image_io import write_volume
+    from MultiTaskSegLib.engine.image_writing import write_volume
 
     result = {"benchmark": "memory", "machine": machine_state(), "limit_bytes": LIMIT_BYTES}
     bundle, model_note = model_bundle(args.layers)

@@ -20,10 +20,12 @@ import numpy as np
 from ..engine.bundle import load_bundle
 from ..engine.classes import segmentation_segments
 from ..engine.geometry import Volume
-from ..engine.image_io import read_volume, write_labelmap, write_segmentation_nrrd, write_volume
+from ..engine.image_reading import read_volume
+from ..engine.image_writing import write_labelmap, write_segmentation_nrrd, write_volume
 from ..engine.metrics import dice_per_class
 from ..engine.progress import ProgressCallback, report, sub_progress
 from ..engine.segmenter import Segmenter
+from .console import EXIT_OK, progress_bar
 
 # make_data gives phantom case i of seed s the seed 1000*s + i; these are far from any of those.
 DEMO_PHANTOM_SEED = 987_654
@@ -88,3 +90,29 @@ def format_results(results: List[dict]) -> str:
     lines.append("The brain reference is atlas labels mapped onto the template (approximate); "
                  "the breast and coronary images are procedural phantoms.")
     return "\n".join(lines)
+
+
+# The command
+
+
+def _add_demo(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="segment a real brain T1 and two phantoms with the shipped model",
+        description="Segment the ICBM 2009a brain template (nilearn) and one breast MRI and one cardiac CTA phantom "
+                    "with the shipped model; write labelmaps, .seg.nrrd files and PNG overlays.")
+    parser.add_argument("out_dir", nargs="?", default="demo-output", metavar="OUT_DIR")
+    parser.add_argument("--model", help="model bundle (default: the shipped model)")
+    parser.add_argument("--device", default="auto")
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args) -> int:
+    bar, progress = progress_bar("demo")
+    with bar:
+        results = run_demo(Path(args.out_dir), args.model, args.device, progress)
+    print(format_results(results))
+    print(f"All outputs are in {Path(args.out_dir).resolve()}")
+    return EXIT_OK
+
+
+SUBCOMMANDS = (_add_demo,)

@@ -1,4 +1,4 @@
-"""Subcommands around models: ``train``, ``evaluate``, ``experiments`` and ``demo`` (see cli.py for the conventions).
+"""Subcommands that train and evaluate models: ``train``, ``evaluate``, ``experiments``.
 
 ``multitaskseg train`` runs unchanged under ``torchrun --nproc_per_node N`` for several GPUs (or
 CPU processes); only the first process prints and writes.
@@ -6,27 +6,10 @@ CPU processes); only the first process prints and writes.
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 from ..engine.errors import OutputError
-
-
-def progress_bar(description: str):
-    """A tqdm bar on stderr driven by progress(fraction, stage); silent on non-zero ranks."""
-    from tqdm import tqdm
-
-    quiet = int(os.environ.get("RANK", "0")) != 0
-    bar = tqdm(total=1.0, file=sys.stderr, dynamic_ncols=True, disable=quiet,
-               bar_format="{desc} |{bar}| {percentage:3.0f}% [{elapsed}<{remaining}]")
-
-    def progress(fraction: float, stage: str) -> None:
-        bar.n = fraction
-        bar.set_description_str(f"{description}: {stage}", refresh=False)
-        bar.refresh()
-
-    return bar, progress
+from .console import EXIT_OK, progress_bar
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,7 +60,7 @@ def _run_train(args) -> int:
         bundle = train(config, progress=progress)
     if bundle is not None:
         print(f"wrote {args.output}; log, learning curve and report in {args.work_dir}")
-    return 0
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,33 +107,7 @@ def _run_evaluate(args) -> int:
                                  choose_thresholds=args.choose_thresholds, progress=progress)
     write_report(results, bundle, prefix)
     print(prefix.with_suffix(".md").read_text())
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# demo
-
-
-def _add_demo(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "demo", help="segment a real brain T1 and two phantoms with the shipped model",
-        description="Segment the ICBM 2009a brain template (nilearn) and one breast MRI and one cardiac CTA phantom "
-                    "with the shipped model; write labelmaps, .seg.nrrd files and PNG overlays.")
-    parser.add_argument("out_dir", nargs="?", default="demo-output", metavar="OUT_DIR")
-    parser.add_argument("--model", help="model bundle (default: the shipped model)")
-    parser.add_argument("--device", default="auto")
-    parser.set_defaults(run=_run_demo)
-
-
-def _run_demo(args) -> int:
-    from .demo import format_results, run_demo
-
-    bar, progress = progress_bar("demo")
-    with bar:
-        results = run_demo(Path(args.out_dir), args.model, args.device, progress)
-    print(format_results(results))
-    print(f"All outputs are in {Path(args.out_dir).resolve()}")
-    return 0
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +162,7 @@ def _run_experiments(args) -> int:
     print(f"wrote {report} (figure and JSON in {report.with_suffix('')})")
     for line in conclusions(results):
         print(f"- {line}")
-    return 0
+    return EXIT_OK
 
 
-SUBCOMMANDS = (_add_train, _add_evaluate, _add_experiments, _add_demo)
+SUBCOMMANDS = (_add_train, _add_evaluate, _add_experiments)

@@ -92,9 +92,9 @@ def atlas_labels_on(reference: Volume) -> np.ndarray:
     """The six-class atlas labels resampled (nearest neighbour) onto ``reference``'s grid."""
     import SimpleITK as sitk
 
-    from ..engine import image_io
+    from ..engine import image_reading
 
-    atlas = image_io.read_volume(desikan_killiany_path())
+    atlas = image_reading.read_volume(desikan_killiany_path())
     classes = atlas.with_array(freesurfer_to_classes(atlas.array))
     resampled = sitk.Resample(classes.to_sitk(), reference.to_sitk(), sitk.Transform(),
                               sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8)
@@ -109,9 +109,9 @@ def mni152_brain_case() -> Tuple[Volume, np.ndarray]:
     atlas ventricle voxels are 0 in this brain-extracted template, so samplers that take
     only voxels with intensity > 0 (paper section 3.2) skip them.
     """
-    from ..engine import image_io
+    from ..engine import image_reading
 
-    image = image_io.read_volume(mni152_t1_path())
+    image = image_reading.read_volume(mni152_t1_path())
     return image.with_array(image.array.astype(np.float32)), atlas_labels_on(image)
 
 
@@ -123,11 +123,11 @@ def icbm2009a_brain_case() -> Tuple[Volume, np.ndarray]:
     set to 0, like the training brain. The labels are the same approximate atlas
     reference as for ``mni152_brain_case``.
     """
-    from ..engine import image_io
+    from ..engine import image_reading
 
-    image = image_io.read_volume(icbm2009a_path("t1"))
-    probability = (image_io.read_volume(icbm2009a_path("gm")).array.astype(np.float32)
-                   + image_io.read_volume(icbm2009a_path("wm")).array.astype(np.float32)) / 255.0
+    image = image_reading.read_volume(icbm2009a_path("t1"))
+    probability = (image_reading.read_volume(icbm2009a_path("gm")).array.astype(np.float32)
+                   + image_reading.read_volume(icbm2009a_path("wm")).array.astype(np.float32)) / 255.0
     labels = atlas_labels_on(image)
     brain = (probability > BRAIN_PROBABILITY_LEVEL) | (labels > 0)
     masked = np.where(brain, image.array.astype(np.float32), 0.0).astype(np.float32)

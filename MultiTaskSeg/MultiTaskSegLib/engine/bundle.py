@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
-from .classes import DEFAULT_CLASSES, DEFAULT_TASKS, ClassInfo, TaskInfo
+from .classes import DEFAULT_CLASSES, DEFAULT_TASKS, ClassInfo, ClassKey, TaskInfo, class_index
 from .errors import ModelError
 from .network import Architecture, TriplanarCNN
 from .normalization import DEFAULT_NORMALIZATION
@@ -77,16 +77,9 @@ class ModelBundle:
             "provenance": self.provenance,
         }
 
-    def class_index(self, name_or_index: Union[str, int]) -> int:
-        """Index of a class given by name (case-insensitive) or index; ModelError lists the valid names."""
-        if isinstance(name_or_index, int) and 0 <= name_or_index < len(self.classes):
-            return name_or_index
-        wanted = str(name_or_index).strip().lower()
-        for c in self.classes:
-            if c.name.lower() == wanted:
-                return c.index
-        names = ", ".join(repr(c.name) for c in self.classes if c.index != 0)
-        raise ModelError(f"The model has no class {name_or_index!r}; its classes are {names}.")
+    def class_index(self, name_or_index: ClassKey) -> int:
+        """Index of a class given by name (case-insensitive) or index (see ``classes.class_index``)."""
+        return class_index(self.classes, name_or_index)
 
     def save(self, path: PathLike, overwrite: bool = False) -> Path:
         """Write the bundle atomically (temporary file, then rename)."""

@@ -27,9 +27,11 @@ with ``^^`` for an absent code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
-from .errors import ModelError
+from .errors import InputError, ModelError
+
+ClassKey = Union[int, str]  # a class given by its index or its name
 
 # Context names exactly as in Slicer's Modules/Loadable/Terminologies/Resources/*.json, so that
 # Slicer finds the entries in the terminologies it loads at start-up.
@@ -247,9 +249,43 @@ def classes_of_task(classes: Iterable[ClassInfo], task: str) -> List[ClassInfo]:
     return [c for c in classes if c.task == task]
 
 
+def class_index(classes: Sequence[ClassInfo], key: ClassKey) -> int:
+    """The index of a class given by index or by name; names match case-insensitively and ignore
+    surrounding spaces, so "Pectoral muscle" typed in Slicer's console finds "pectoral muscle".
+    Unknown keys raise InputError listing the valid names."""
+    if isinstance(key, str):
+        wanted = key.strip().lower()
+        for info in classes:
+            if info.name.lower() == wanted:
+                return info.index
+    elif not isinstance(key, bool) and hasattr(key, "__index__") and 0 <= int(key) < len(classes):
+        return int(key)  # int and numpy integers
+    names = ", ".join(repr(c.name) for c in classes if not c.is_background)
+    raise InputError(f"The model has no class {key!r}; its classes are {names} "
+                     f"(or their indices 1..{len(classes) - 1}).")
+
+
+def foreground_classes(classes: Iterable[ClassInfo]) -> List[int]:
+    """Indices of every class but background: what is segmented when no classes are chosen."""
+    return [c.index for c in classes if not c.is_background]
+
+
+def selected_class_indices(classes: Sequence[ClassInfo], keys: Optional[Sequence[ClassKey]]) -> List[int]:
+    """Sorted indices of the chosen classes (names or indices); None or empty: every foreground class.
+    Background cannot be chosen: it is what is left unlabelled."""
+    if not keys:
+        return foreground_classes(classes)
+    indices = sorted({class_index(classes, key) for key in keys})
+    if 0 in indices:
+        example = next((c.name for c in classes if not c.is_background), "white matter")
+        raise InputError(f"Background cannot be chosen as a class to segment; name the classes to label "
+                         f"(e.g. '{example}').")
+    return indices
+
+
 def segmentation_segments(classes: Iterable[ClassInfo], selected: Iterable[int]) -> List[Dict[str, Any]]:
     """Segment descriptions (name, colour, label value, terminology) of the selected classes, as
-    ``volume_io.write_segmentation_nrrd`` takes them; the label value is the class index."""
+    ``image_writing.write_segmentation_nrrd`` takes them; the label value is the class index."""
     chosen = set(selected)
     return [{"name": c.name, "color": c.color, "label_value": c.index, "terminology": c.slicer_terminology_string()}
             for c in classes if c.index in chosen]
@@ -309,3 +345,5 @@ DEFAULT_TASKS: Tuple[TaskInfo, ...] = (
     TaskInfo("breast", "MR", "Pectoral muscle in T1-weighted breast MRI", ("pectoral muscle",)),
     TaskInfo("coronary", "CT", "Coronary arteries in cardiac CT angiography", ("coronary arteries",)),
 )
+# The default model's tasks by name, in one place for the CLI's choices and the training data.
+TASK_NAMES: Tuple[str, ...] = tuple(task.name for task in DEFAULT_TASKS)

@@ -10,7 +10,8 @@ class MultiTaskSegError(Exception):
 
 
 class InputError(MultiTaskSegError):
-    """The image given cannot be segmented as it is (dimensionality, values, size, file)."""
+    """What the user gave cannot be used as it is: an image (dimensionality, values, size, file), a
+    class name, a threshold or another argument."""
 
 
 class ModelError(MultiTaskSegError):

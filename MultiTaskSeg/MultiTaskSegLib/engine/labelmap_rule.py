@@ -33,14 +33,12 @@ threshold change (a slider drag) only redoes step 1.
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .classes import ClassInfo
+from .classes import ClassInfo, ClassKey, class_index, foreground_classes
 from .errors import InputError
-
-ClassKey = Union[int, str]
 
 DEFAULT_THRESHOLD = 0.5
 # Work on slabs of about this many voxels so temporaries stay small and cache-friendly.
@@ -152,10 +150,9 @@ class ProbabilityMaps:
             if info.index != position:
                 raise InputError(f"Class '{info.name}' has index {info.index} at position {position}; classes must be in index order.")
         self.data = data
-        self._by_name = {c.name: c.index for c in self.classes}
 
         if selected is None:
-            chosen = [c.index for c in self.classes if not c.is_background]
+            chosen = foreground_classes(self.classes)
         else:
             chosen = [self.resolve_class(c) for c in selected]
             if 0 in chosen:
@@ -176,14 +173,8 @@ class ProbabilityMaps:
         return self.data.shape[1:]
 
     def resolve_class(self, cls: ClassKey) -> int:
-        """Class name or index -> index; unknown -> InputError listing the valid names."""
-        if isinstance(cls, str):
-            if cls in self._by_name:
-                return self._by_name[cls]
-        elif isinstance(cls, (int, np.integer)) and not isinstance(cls, bool) and 0 <= int(cls) < len(self.classes):
-            return int(cls)
-        names = ", ".join(f"'{c.name}'" for c in self.classes)
-        raise InputError(f"Unknown class {cls!r}; the model's classes are {names} (indices 0..{len(self.classes) - 1}).")
+        """Class name (case-insensitive) or index -> index (see ``classes.class_index``)."""
+        return class_index(self.classes, cls)
 
     def _thresholded_class(self, cls: ClassKey) -> int:
         index = self.resolve_class(cls)

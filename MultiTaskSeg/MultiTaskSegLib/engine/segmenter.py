@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .bundle import ModelBundle
+from .classes import ClassKey, selected_class_indices
 from .devices import available_devices, configure_device, default_precision, resolve_device
 from .geometry import Volume, from_canonical, to_canonical, validate_volume
 from .labelmap_rule import ProbabilityMaps, background_outside
@@ -73,10 +74,9 @@ class Segmenter:
                 return description
         return str(self.device)
 
-    def selected_classes(self, classes: Optional[Sequence[str]]) -> List[int]:
-        if not classes:
-            return [c.index for c in self.bundle.classes if c.index != 0]
-        return [self.bundle.class_index(name) for name in classes]
+    def selected_classes(self, classes: Optional[Sequence[ClassKey]]) -> List[int]:
+        """Indices of ``classes`` (names or indices); None: every class but background."""
+        return selected_class_indices(self.bundle.classes, classes)
 
     def predict(self, volume: Volume, classes: Optional[Sequence[str]] = None,
                 progress: Optional[ProgressCallback] = None, cancel: Optional[CancelCheck] = None) -> ProbabilityMaps:

@@ -176,8 +176,7 @@ class MultiTaskSegLogic:
         if scene is None:
             raise InputError("The input volume is not in a scene: add it to the scene first.")
         classInfos = {info.index: info for info in maps.classes}
-        # Label 0 means "no segment" in a labelmap, so background never becomes a segment.
-        segmentClasses = [index for index in maps.selected if index != 0]
+        segmentClasses = list(maps.selected)  # never background: label 0 means "no segment"
         if segmentationNode is not None:
             self._check_name_conflicts(segmentationNode, [classInfos[c].name for c in segmentClasses], replace_existing)
         mergedThresholds = _by_class_index(maps, thresholds)
@@ -339,48 +338,20 @@ class MultiTaskSegLogic:
 
             MultiTaskSegLogic().segment_folder("/data/t1", "/data/t1-seg", device="cuda")
         """
-        from ..engine.image_io import READABLE_SUFFIXES, full_suffix, read_volume, write_segmentation_nrrd
+        from ..engine.batch import check_outputs, image_files_in, make_output_folders, plan_jobs, run_jobs
+        from ..engine.classes import selected_class_indices
+        from ..engine.file_types import SEGMENTATION_SUFFIX
 
-        if not os.path.isdir(input_dir):
-            raise InputError(f"Input folder not found: '{input_dir}'. Check the path.")
-        files = sorted(
-            os.path.join(input_dir, name)
-            for name in os.listdir(input_dir)
-            if full_suffix(name) in READABLE_SUFFIXES and not name.lower().endswith(".seg.nrrd")
-        )
-        if not files:
-            raise InputError(f"No image files found in '{input_dir}': put NIfTI, NRRD or MHA files there.")
-        outputs = [os.path.join(output_dir, _case_name(path) + ".seg.nrrd") for path in files]
-        existing = [path for path in outputs if os.path.exists(path)]
-        if existing and not overwrite:
-            # Checked before the first case, so a batch does not stop half-way.
-            raise OutputError(
-                f"{len(existing)} output file(s) exist already, e.g. '{existing[0]}': "
-                "choose another output folder or pass overwrite=True."
-            )
-        os.makedirs(output_dir, exist_ok=True)
-        written = []
-        for number, (path, outPath) in enumerate(zip(files, outputs)):
-            check_cancel(cancel)
-            name = _case_name(path)
-            caseProgress = sub_progress(progress, number / len(files), (number + 1) / len(files))
-            report(caseProgress, 0.0, f"Segmenting {name} ({number + 1}/{len(files)})")
-            volume = read_volume(path)
-            maps = self.run_network(volume, classes, model, device, caseProgress, cancel)
-            segments = [
-                {
-                    "name": info.name,
-                    "color": info.color,
-                    "label_value": info.index,
-                    "terminology": info.slicer_terminology_string(),
-                }
-                for info in maps.classes
-                if info.index in maps.selected and info.index != 0
-            ]
-            write_segmentation_nrrd(maps.labelmap(thresholds), volume, outPath, segments, overwrite=overwrite)
-            written.append(outPath)
-        report(progress, 1.0, "Done")
-        return written
+        bundle = self.load_bundle(model)
+        selected = selected_class_indices(bundle.classes, classes)
+        jobs = plan_jobs(image_files_in(input_dir), os.path.join(output_dir, ""), SEGMENTATION_SUFFIX.lstrip("."))
+        # Checked before the first case, so a batch does not stop half-way.
+        check_outputs(jobs, overwrite)
+        make_output_folders(jobs)
+        resolved = {bundle.class_index(key): float(value) for key, value in (thresholds or {}).items()}
+        run_jobs(jobs, self.segmenter(model, device), selected, resolved, overwrite, stop_on_error=True,
+                 progress=progress, cancel=cancel)
+        return [str(job.output) for job in jobs]
 
     # ---- helpers -----------------------------------------------------------------------
 
@@ -392,9 +363,10 @@ class MultiTaskSegLogic:
         return self._results[segmentationNode.GetID()]
 
     def _expected_names(self, model, classes: Optional[Sequence[str]]) -> List[str]:
-        if classes is not None:
-            return list(classes)
-        return [info.name for info in self.load_bundle(model).classes if info.index != 0]
+        from ..engine.classes import selected_class_indices
+
+        bundle = self.load_bundle(model)
+        return [bundle.classes[index].name for index in selected_class_indices(bundle.classes, classes)]
 
     @staticmethod
     def existing_segment_names(segmentationNode, names: Sequence[str]) -> List[str]:
@@ -459,10 +431,3 @@ def _by_class_index(maps, thresholds: Optional[Thresholds]) -> Dict[int, float]:
     """Thresholds keyed by class index, so a name and an index of one class cannot disagree."""
     return {maps.resolve_class(key): float(value) for key, value in (thresholds or {}).items()}
 
-
-def _case_name(path: str) -> str:
-    name = os.path.basename(path.rstrip(os.sep))
-    for suffix in (".nii.gz", ".seg.nrrd", ".nii", ".nrrd", ".mha", ".mhd"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return os.path.splitext(name)[0]

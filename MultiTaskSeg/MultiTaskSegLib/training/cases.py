@@ -20,7 +20,7 @@ import numpy as np
 
 from ..engine.errors import InputError
 from ..engine.geometry import to_canonical
-from ..engine.image_io import read_volume
+from ..engine.image_reading import read_volume
 from ..engine.normalization import normalize
 from .datasets import Case, TaskDataset
 

@@ -74,6 +74,11 @@ class TaskDataset:
     task: str
     class_map: Dict[str, str] = field(default_factory=dict)
 
+    @property
+    def labelled_test_count(self) -> int:
+        """Test cases that have a label map (imagesTs/ cases may come without one)."""
+        return sum(case.label_path is not None for case in self.test)
+
     def label_mapping(self, class_names: Sequence[str]) -> Dict[int, int]:
         """Map each label value of this dataset to the index of the bundle class of that name.
 
@@ -158,7 +163,7 @@ def write_dataset(
     place and moved there at the end: a cancelled or failed run leaves nothing behind.
     ``expected_cases`` only scales the progress reports.
     """
-    from ..engine import image_io  # imported here: SimpleITK is only needed when writing
+    from ..engine import image_writing  # imported here: SimpleITK is only needed when writing
 
     if not DATASET_NAME_PATTERN.match(name):
         raise OutputError(f"Dataset name {name!r} must look like 'Dataset123_Name' (nnU-Net v2 naming).")
@@ -186,8 +191,8 @@ def write_dataset(
             images_dir, labels_dir = ("imagesTr", "labelsTr") if split == "train" else ("imagesTs", "labelsTs")
             (staging / images_dir).mkdir(exist_ok=True)
             (staging / labels_dir).mkdir(exist_ok=True)
-            image_io.write_volume(image, staging / images_dir / f"{case_id}{CHANNEL_SUFFIX}{DEFAULT_FILE_ENDING}")
-            image_io.write_labelmap(
+            image_writing.write_volume(image, staging / images_dir / f"{case_id}{CHANNEL_SUFFIX}{DEFAULT_FILE_ENDING}")
+            image_writing.write_labelmap(
                 label_array.astype(np.uint8), image, staging / labels_dir / f"{case_id}{DEFAULT_FILE_ENDING}"
             )
             num_training += split == "train"
