@@ -147,7 +147,7 @@ def test_accessors():
     assert pm.thresholded_classes() == [COR]
     assert pm.resolve_class("brain stem") == BS
     assert pm.probability("white matter").dtype == np.float32
-    assert pm.to_float(WM)[0, 0, 0] == pytest.approx(0.2)
+    assert pm.probability(WM)[0, 0, 0] == pytest.approx(0.2)
     assert pm.channel(COR)[0, 0, 0] == 255
 
 

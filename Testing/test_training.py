@@ -14,7 +14,8 @@ from MultiTaskSegLib.engine.bundle import load_bundle
 from MultiTaskSegLib.training.cases import PreparedCase
 from MultiTaskSegLib.training.datasets import write_dataset
 from MultiTaskSegLib.data.phantoms import breast_mri_phantom, cardiac_cta_phantom
-from MultiTaskSegLib.training.sampling import BatchStream, balanced_weights, crop_with_zeros, sample_batch
+from MultiTaskSegLib.engine.crops import crop_with_zeros
+from MultiTaskSegLib.training.sampling import BatchStream, balanced_weights, sample_batch
 from MultiTaskSegLib.training.loop import TrainConfig, learning_rate, train
 
 

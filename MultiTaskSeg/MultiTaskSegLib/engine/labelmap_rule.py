@@ -194,8 +194,6 @@ class ProbabilityMaps:
         """float32 probabilities 0..1 of one class, computed on demand (a new array)."""
         return self.channel(cls).astype(np.float32) / np.float32(255.0)
 
-    to_float = probability
-
     def thresholded_classes(self) -> List[int]:
         """Selected classes decided by a threshold."""
         return [i for i in self.selected if self.classes[i].decision == "threshold"]

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .crops import crop_with_zeros
 from .devices import autocast, fast_cpu_precision
 from .heap import heap_reused_by_conv_layers, return_freed_memory_to_the_system
 from .labelmap_rule import background_outside
@@ -38,20 +39,15 @@ from .slab_sizing import HEAD_CHUNK_VOXELS, DenseOptions, foreground_box, planes
 Box = Tuple[int, int, int, int, int, int]  # z0, z1, y0, y1, x0, x1 (half-open), unpadded coordinates
 
 
-def _crop_with_zeros(volume: np.ndarray, box: Box, halo: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The box plus ``halo`` on every side, zeros outside the volume, as a tensor on ``device``.
+def _crop_with_zeros(volume: np.ndarray, box: Box, halo: int, device: torch.device) -> torch.Tensor:
+    """The box plus ``halo`` on every side, zeros outside the volume, as a float32 tensor on ``device``.
 
     Replaces a zero-padded copy of the whole volume: only one slab's input exists at a time.
     """
     z0, z1, y0, y1, x0, x1 = box
-    out = torch.zeros((z1 - z0 + 2 * halo, y1 - y0 + 2 * halo, x1 - x0 + 2 * halo), dtype=torch.float32)
-    src, dst = [], []
-    for lo, hi, total in ((z0, z1, volume.shape[0]), (y0, y1, volume.shape[1]), (x0, x1, volume.shape[2])):
-        a, b = max(lo - halo, 0), min(hi + halo, total)
-        src.append(slice(a, b))
-        dst.append(slice(a - (lo - halo), b - (lo - halo)))
-    out[tuple(dst)] = torch.from_numpy(np.ascontiguousarray(volume[tuple(src)], dtype=np.float32))
-    return out.to(device=device, dtype=dtype)
+    window = crop_with_zeros(volume, (z0 - halo, y0 - halo, x0 - halo),
+                             (z1 - z0 + 2 * halo, y1 - y0 + 2 * halo, x1 - x0 + 2 * halo))
+    return torch.from_numpy(window.astype(np.float32, copy=False)).to(device)
 
 
 PlaneGroup = Tuple[int, int, int, int, int, int]  # planes p0:p1, rows r0:r1, cols c0:c1 (target voxels)
@@ -138,7 +134,7 @@ def slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: Box, option
     # boxes would retune for every group; equal slabs repeat the same few shapes.
     groups_mask = sample if device.type != "cuda" else None
     dz, dy, dx = z1 - z0, y1 - y0, x1 - x0
-    crop = _crop_with_zeros(volume, (z0, z1, y0, y1, x0, x1), h, torch.float32, device)
+    crop = _crop_with_zeros(volume, (z0, z1, y0, y1, x0, x1), h, device)
     features = torch.zeros((dz, dy, dx, 3 * f), dtype=dtype, device=device)
     itemsize = features.element_size()
     cl = options.channels_last
@@ -171,7 +167,7 @@ def _reference_slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: 
     """Same as ``slab_probabilities`` on the network as trained (autocast for reduced precision)."""
     h = model.arch.halo
     z0, z1, y0, y1, x0, x1 = box[:6]
-    crop = _crop_with_zeros(volume, (z0, z1, y0, y1, x0, x1), h, torch.float32, device)
+    crop = _crop_with_zeros(volume, (z0, z1, y0, y1, x0, x1), h, device)
     batch = options.planes_per_batch or 64
     with autocast(device, options.precision):
         logits = crops_logits(model, crop[None], batch, options.channels_last)[0]  # (z, C, y, x)

@@ -48,7 +48,6 @@ DATASET_NAME_PATTERN = re.compile(r"^Dataset\d{3}_[A-Za-z0-9_\-]+$")
 # The foreground classes of each task of the default bundle; used to infer a dataset's task
 # from its label names when dataset.json does not say it.
 TASK_CLASS_NAMES: Dict[str, Tuple[str, ...]] = {task.name: task.classes for task in DEFAULT_TASKS}
-TASK_MODALITY = {"brain": "MR", "breast": "MR", "coronary": "CT"}
 
 
 @dataclass

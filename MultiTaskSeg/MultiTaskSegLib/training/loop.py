@@ -27,12 +27,12 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..engine import metrics
 from ..engine.bundle import ModelBundle, new_bundle
 from ..engine.classes import DEFAULT_CLASSES, DEFAULT_TASKS
 from ..engine.devices import autocast, default_precision, resolve_device
 from ..engine.errors import InputError
-from ..engine.network import crops_logits
-from ..engine.network import Architecture
+from ..engine.network import Architecture, crops_logits
 from ..engine.progress import CancelCheck, ProgressCallback, check_cancel, report
 from .cases import group_by_task, prepare_dataset
 from .datasets import TaskDataset, load_dataset
@@ -217,11 +217,9 @@ def validate(model: nn.Module, blocks: Dict[str, object], task_classes: Dict[str
         for task, batch in blocks.items():
             logits = crops_logits(model, batch.crops.to(device), planes_per_batch=4096)
             predicted = logits.float().argmax(dim=2).cpu()
+            samples = batch.mask.numpy()
             for c in task_classes[task]:
-                ref = (batch.labels == c) & batch.mask
-                pred = (predicted == c) & batch.mask
-                denominator = ref.sum().item() + pred.sum().item()
-                dice[str(c)] = 2.0 * (ref & pred).sum().item() / denominator if denominator else 1.0
+                dice[str(c)] = metrics.dice((predicted == c).numpy() & samples, (batch.labels == c).numpy() & samples)
     model.train()
     return dice
 

@@ -20,6 +20,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from ..engine.crops import crop_with_zeros
 from .cases import PreparedCase
 
 # Left-right mirrored anatomy is still plausible anatomy for these tasks, not for the coronary tree.
@@ -32,20 +33,6 @@ class Batch:
     labels: torch.Tensor   # (n, b, b, b) int64 class indices
     mask: torch.Tensor     # (n, b, b, b) bool: sample voxels (intensity > 0)
     tasks: List[str]       # task of each block
-
-
-def crop_with_zeros(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
-    """array[start:start+size] along each axis, with zeros where the window leaves the array."""
-    out = np.zeros(tuple(size), dtype=array.dtype)
-    src, dst = [], []
-    for s, n, total in zip(start, size, array.shape):
-        lo, hi = max(s, 0), min(s + n, total)
-        if hi <= lo:
-            return out
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - s, hi - s))
-    out[tuple(dst)] = array[tuple(src)]
-    return out
 
 
 def _bias_field(shape: Sequence[int], strength: float, rng: np.random.Generator) -> np.ndarray:
