@@ -59,8 +59,8 @@ def results(tiny_datasets, tmp_path_factory):
     out = tmp_path_factory.mktemp("experiments")
     stages = []
     results = run_experiments(tiny_datasets, out / "runs", steps_per_task=STEPS_PER_TASK, validate_every=1,
-                              blocks_per_batch=6, block=8, n_layers=2, device="cpu", precision="fp32",
-                              repeat=1, report_path=out / "experiments.md",
+                              blocks_per_batch=6, block=8, validation_block=8, n_layers=2, device="cpu",
+                              precision="fp32", repeat=1, report_path=out / "experiments.md",
                               progress=lambda f, s: stages.append((f, s)))
     return results, out, stages
 
@@ -143,8 +143,8 @@ def test_finished_experiments_are_reused(results, tiny_datasets):
     _, out, _ = results
     before = (out / "runs" / "experiment2" / "model.safetensors").stat().st_mtime_ns
     again = run_experiments(tiny_datasets, out / "runs", steps_per_task=STEPS_PER_TASK, validate_every=1,
-                            blocks_per_batch=6, block=8, n_layers=2, device="cpu", precision="fp32",
-                            experiments=[2], repeat=None, report_path=out / "again.md")
+                            blocks_per_batch=6, block=8, validation_block=8, n_layers=2, device="cpu",
+                            precision="fp32", experiments=[2], repeat=None, report_path=out / "again.md")
     assert (out / "runs" / "experiment2" / "model.safetensors").stat().st_mtime_ns == before
     assert again["runs"][0]["final_dice"] == next(r for r in results[0]["runs"] if r["experiment"] == 2)["final_dice"]
 

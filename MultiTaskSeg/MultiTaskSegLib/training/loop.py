@@ -52,6 +52,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
     validate_every: int = 100
+    validation_block: int = 32       # side of the fixed held-out blocks validated periodically
     checkpoint_every: int = 100
     seed: int = 0
     device: str = "auto"
@@ -276,7 +277,8 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None,
     missing = task_names - set(train_cases)
     if missing:
         raise InputError(f"The datasets of task(s) {sorted(missing)} have no training cases in imagesTr/.")
-    val_blocks = validation_blocks(test_cases or train_cases, task_classes, 32, bundle.architecture.halo)
+    val_blocks = validation_blocks(test_cases or train_cases, task_classes, config.validation_block,
+                                   bundle.architecture.halo)
 
     model = bundle.model.to(device).train()
     channels_last = precision != "fp32"

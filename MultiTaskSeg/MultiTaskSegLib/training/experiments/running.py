@@ -91,7 +91,7 @@ def _train_one(e: Experiment, repeat: bool, datasets: Dict[str, str], run_dir: P
     config = TrainConfig(
         datasets=[datasets[t] for t in e.tasks], output=str(run_dir / "model.safetensors"), work_dir=str(run_dir),
         tasks=list(e.tasks), steps=k * settings["steps_per_task"], blocks_per_task=settings["blocks_per_batch"] // k,
-        block=settings["block"], learning_rate=settings["learning_rate"],
+        block=settings["block"], validation_block=settings["validation_block"], learning_rate=settings["learning_rate"],
         validate_every=k * settings["validate_every"], checkpoint_every=k * settings["validate_every"], seed=seed,
         device=settings["device"], precision=settings["precision"], augmentation=settings["augmentation"],
         evaluate_at_end=True, n_layers=settings["n_layers"],
@@ -121,7 +121,7 @@ def run_experiments(datasets: Sequence[str], out_dir, steps_per_task: int = 1000
                     blocks_per_batch: int = 6, block: int = 16, n_layers: int = 25, learning_rate: float = 1e-3,
                     seed: int = 0, device: str = "auto", precision: str = "auto", augmentation: bool = True,
                     minutes_per_task: Optional[float] = None, experiments: Optional[Sequence[int]] = None,
-                    repeat: Optional[int] = 1,
+                    repeat: Optional[int] = 1, validation_block: int = 32,
                     report_path=None, progress: Optional[ProgressCallback] = None,
                     cancel: Optional[CancelCheck] = None) -> dict:
     """Train the experiments (default all seven) plus a repeat of experiment ``repeat``, then report.
@@ -145,7 +145,8 @@ def run_experiments(datasets: Sequence[str], out_dir, steps_per_task: int = 1000
     needed = sorted({t for e, _ in runs for t in e.tasks})
     by_task = _datasets_by_task(datasets, needed)
     settings = {"steps_per_task": steps_per_task, "validate_every": validate_every,
-                "blocks_per_batch": blocks_per_batch, "block": block, "n_layers": n_layers,
+                "blocks_per_batch": blocks_per_batch, "block": block, "validation_block": validation_block,
+                "n_layers": n_layers,
                 "learning_rate": learning_rate, "seed": seed, "device": device, "precision": precision,
                 "augmentation": augmentation, "minutes_per_task": minutes_per_task}
     out = Path(out_dir)
