@@ -131,9 +131,10 @@ def test_time_limit_clock_starts_after_the_first_step(tiny_datasets, tmp_path):
 
 def test_checkpoints_are_not_pickles(tiny_datasets, tmp_path):
     train(tiny_config(tiny_datasets, tmp_path, steps=1, evaluate_at_end=False))
-    head = (tmp_path / "checkpoint.safetensors").read_bytes()[:8]
-    assert not head.startswith(b"PK") and head[:1] != b"\x80"
-    size = int.from_bytes(head, "little")
+    head = (tmp_path / "checkpoint.safetensors").read_bytes()[:9]
+    assert not head.startswith(b"PK")  # torch.save's zip archive
+    assert not (head[0] == 0x80 and 2 <= head[1] <= 5)  # a bare pickle (protocol 2-5)
+    size = int.from_bytes(head[:8], "little")  # safetensors: header length, then JSON
     header = json.loads((tmp_path / "checkpoint.safetensors").read_bytes()[8:8 + size])
     assert "multitaskseg_checkpoint" in header["__metadata__"]
 
