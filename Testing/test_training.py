@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from MultiTaskSegLib.engine.bundle import load_bundle
+from MultiTaskSegLib.engine.errors import InputError
 from MultiTaskSegLib.training.cases import PreparedCase
 from MultiTaskSegLib.training.datasets import write_dataset
 from MultiTaskSegLib.data.phantoms import breast_mri_phantom, cardiac_cta_phantom
@@ -209,3 +210,17 @@ def test_validation_blocks_cover_every_class_of_the_task():
     blocks = validation_blocks({"brain": [case]}, {"brain": [1, 5, 6]}, block=4, halo=2)["brain"]
     assert blocks.crops.shape == (2, 8, 8, 8)  # class 6 is absent from the case: no block for it
     assert {int(blocks.labels[i].max()) for i in range(2)} == {1, 5}
+
+
+def test_fine_tuning_starts_from_the_given_bundle(tiny_datasets, tmp_path):
+    first = train(tiny_config(tiny_datasets, tmp_path / "first", steps=2, evaluate_at_end=False, seed=1))
+    zero_steps = train(tiny_config(tiny_datasets, tmp_path / "tuned", steps=1, learning_rate=0.0,
+                                   evaluate_at_end=False, init_from=str(tmp_path / "first" / "model.safetensors")))
+    # with a learning rate of 0 the weights stay those it started from, not a new random draw
+    for name, value in first.model.state_dict().items():
+        if name.endswith(("weight", "bias")):
+            assert torch.equal(value, zero_steps.model.state_dict()[name]), name
+    assert zero_steps.provenance["training"]["initialised_from"]["model"].endswith("model.safetensors")
+    with pytest.raises(InputError, match="cannot be fine-tuned"):
+        train(tiny_config(tiny_datasets, tmp_path / "deeper", steps=1, n_layers=3,
+                          init_from=str(tmp_path / "first" / "model.safetensors")))

@@ -40,6 +40,8 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop cleanly after this long")
     parser.add_argument("--no-augmentation", action="store_true")
     parser.add_argument("--no-evaluation", action="store_true", help="skip the held-out evaluation at the end")
+    parser.add_argument("--init-from", metavar="MODEL",
+                        help="fine-tune: start from this bundle's weights (same classes and layers) instead of random")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output bundle")
     parser.set_defaults(run=_run_train)
 
@@ -54,7 +56,8 @@ def _run_train(args) -> int:
                          learning_rate=args.lr, n_layers=args.layers, validate_every=args.validate_every,
                          device=args.device, precision=args.precision, seed=args.seed,
                          time_limit_minutes=args.time_limit, augmentation=not args.no_augmentation,
-                         evaluate_at_end=not args.no_evaluation, workers=args.workers)
+                         evaluate_at_end=not args.no_evaluation, workers=args.workers,
+                         init_from=args.init_from)
     bar, progress = progress_bar("train")
     with bar:
         bundle = train(config, progress=progress)

@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..engine import metrics
-from ..engine.bundle import ModelBundle, new_bundle
+from ..engine.bundle import ModelBundle, load_bundle, new_bundle
 from ..engine.classes import DEFAULT_CLASSES, DEFAULT_TASKS
 from ..engine.devices import autocast, default_precision, resolve_device
 from ..engine.errors import InputError
@@ -62,6 +62,7 @@ class TrainConfig:
     time_limit_minutes: Optional[float] = None  # stop cleanly (checkpoint, bundle) after this long
     evaluate_at_end: bool = True
     n_layers: int = 25               # the paper's depth; tests and quick experiments may use fewer
+    init_from: Optional[str] = None  # fine-tune: start from this bundle's weights (same classes and layers)
 
 
 @dataclass
@@ -155,6 +156,20 @@ def select_datasets(config: TrainConfig) -> List[TaskDataset]:
         raise InputError("No training datasets given: pass nnU-Net dataset folders with imagesTr/ and labelsTr/ "
                          "(see 'multitaskseg make-data').")
     return datasets
+
+
+def start_from(bundle: ModelBundle, path: str) -> None:
+    """Fine-tuning: copy the weights of the bundle at ``path`` into ``bundle`` (same classes and
+    architecture), so a run adapts a trained model to new data instead of starting from random."""
+    source = load_bundle(path)
+    if source.architecture != bundle.architecture or [c.name for c in source.classes] != \
+            [c.name for c in bundle.classes]:
+        raise InputError(f"{path} cannot be fine-tuned on these datasets: it has {source.architecture.n_layers} layers "
+                         f"and classes {[c.name for c in source.classes]}, the run needs "
+                         f"{bundle.architecture.n_layers} layers and {[c.name for c in bundle.classes]}.")
+    bundle.model.load_state_dict(source.model.state_dict())
+    bundle.provenance["training"]["initialised_from"] = {"model": str(path),
+                                                         "created": source.provenance.get("created")}
 
 
 def learning_rate(config: TrainConfig, step: int, elapsed_fraction: float = 0.0) -> float:
@@ -269,6 +284,8 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None,
     classes = [dataclasses.replace(c, index=i) for i, c in enumerate(classes)]
     bundle = new_bundle(classes, tasks, seed=config.seed, arch=Architecture(len(classes), n_layers=config.n_layers),
                         provenance={"training": {k: v for k, v in asdict(config).items() if k != "work_dir"}})
+    if config.init_from:
+        start_from(bundle, config.init_from)
     class_names = [c.name for c in bundle.classes]
     task_classes = {t.name: [bundle.class_index(n) for n in t.classes] for t in tasks}
     report(progress, 0.0, "Preparing data")
