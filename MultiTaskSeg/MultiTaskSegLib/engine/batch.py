@@ -1,7 +1,9 @@
 """Segmenting many images: every output planned before anything runs, then one image at a time.
 
 Shared by ``multitaskseg segment`` and the Slicer logic's ``segment_folder``, so both name their
-outputs, refuse existing files and name and colour the segments the same way.
+outputs, refuse existing files and name and colour the segments the same way. The plan is checked
+as a whole before the network runs (``output_paths``): no output may be an input, leave its
+folder or clash with another output.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from .errors import Cancelled, InputError, MultiTaskSegError, OutputError
 from .file_types import (FORMATS, LABELMAP_SUFFIXES, PROBABILITY_SUFFIX, SEGMENTATION_SUFFIX, case_name,
                          is_image_file, labelmap_suffix)
 from .image_reading import read_volume
-from .image_writing import write_labelmap, write_segmentation_nrrd, write_volume
+from .image_writing import check_format_holds, write_labelmap, write_segmentation_nrrd, write_volume
+from .output_paths import check_output_paths, file_name_part
 from .progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
 
 
@@ -53,7 +56,9 @@ def plan_jobs(inputs: Sequence[Path], output: Path, fmt: Optional[str] = None,
     One input and an ``output`` that is not a folder: ``output`` is the file, its suffix the format.
     Several inputs, or an existing folder, or a name ending in "/": ``output`` is a folder and each
     output is named after its input, with the suffix of ``fmt`` (default .nii.gz). With
-    ``probability_dir``, each of ``classes`` (index, name) also gets a probability map there.
+    ``probability_dir``, each of ``classes`` (index, name) also gets a probability map there, named
+    after the case and the class (made safe as a file name). OutputError when the plan would
+    destroy an input or clash (see ``output_paths.check_output_paths``).
     """
     inputs, output = [Path(p) for p in inputs], Path(output)
     to_folder = len(inputs) > 1 or output.is_dir() or str(output).endswith(("/", "\\"))
@@ -81,9 +86,11 @@ def plan_jobs(inputs: Sequence[Path], output: Path, fmt: Optional[str] = None,
     for source, target in zip(inputs, outputs):
         job = SegmentJob(source, case_name(source), target)
         if probability_dir is not None:
-            job.probabilities = [(index, Path(probability_dir) / f"{job.case}_{name.replace(' ', '_')}{PROBABILITY_SUFFIX}")
+            job.probabilities = [(index, Path(probability_dir) / f"{job.case}_{file_name_part(name)}{PROBABILITY_SUFFIX}")
                                  for index, name in classes]
         jobs.append(job)
+    check_output_paths([(job.output, None) for job in jobs] +
+                       [(path, Path(probability_dir)) for job in jobs for _, path in job.probabilities], inputs)
     return jobs
 
 
@@ -100,7 +107,11 @@ def check_outputs(jobs: Sequence[SegmentJob], overwrite: bool) -> None:
 
 def make_output_folders(jobs: Sequence[SegmentJob]) -> None:
     for folder in sorted({path.parent for job in jobs for path in job.outputs}):
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"Cannot create the output folder {folder}: {error.strerror}. Choose another "
+                              f"output.") from None
 
 
 def segment_one(job: SegmentJob, segmenter, selected: Sequence[int], thresholds: Mapping[int, float],
@@ -108,6 +119,8 @@ def segment_one(job: SegmentJob, segmenter, selected: Sequence[int], thresholds:
                 cancel: Optional[CancelCheck] = None) -> None:
     """Read, segment and write one input; the labelmap is written last, so its presence means done."""
     volume = read_volume(job.input, series_uid=job.series_uid, component=job.component)
+    for path in job.outputs:  # a geometry an output format would change: refused before the network
+        check_format_holds(volume, path)
     maps = segmenter.predict(volume, list(selected), progress=progress, cancel=cancel)
     check_cancel(cancel)
     for index, path in job.probabilities:

@@ -4,7 +4,9 @@ The metadata (safetensors header key ``multitaskseg``) holds everything needed t
 architecture, classes (name, colour, terminology code, task, decision rule), tasks (modality,
 classes), intensity normalisation per modality, default thresholds of the thresholded classes,
 the isotropic spacing the model expects, and provenance. Loading validates the metadata against the
-weights; pickle-based checkpoints (``torch.save`` files) are refused, never unpickled.
+weights; pickle-based checkpoints (``torch.save`` files) are refused, never unpickled. The metadata
+is checked against a schema of types and ranges (``bundle_schema``) before any network is built,
+and the weights must be finite floating-point numbers.
 """
 
 from __future__ import annotations
@@ -18,11 +20,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as safetensors_bytes
 
 from .. import __version__
+from .atomic_files import write_bytes_atomically
+from .bundle_schema import MAX_METADATA_CHARS, check_json_depth, validate_metadata
 from .classes import DEFAULT_CLASSES, DEFAULT_TASKS, ClassInfo, ClassKey, TaskInfo, class_index
-from .errors import ModelError
+from .errors import InputError, ModelError, OutputError
+from .image_headers import check_regular_file
 from .network import Architecture, TriplanarCNN
 from .normalization import DEFAULT_NORMALIZATION
 
@@ -82,23 +88,35 @@ class ModelBundle:
         return class_index(self.classes, name_or_index)
 
     def save(self, path: PathLike, overwrite: bool = False) -> Path:
-        """Write the bundle atomically (temporary file, then rename)."""
+        """Write the bundle atomically (``atomic_files``: temporary file, read back, then a rename
+        that replaces nothing unless ``overwrite``), with the mode the umask gives new files."""
         path = Path(path)
         if path.exists() and not overwrite:
             raise ModelError(f"{path} exists already; choose another name or allow overwriting.")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"Cannot create the folder {path.parent}: {error.strerror}.") from None
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()
                    if not k.endswith("num_batches_tracked")}
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        metadata = {METADATA_KEY: json.dumps(self.metadata)}
         try:
-            save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(self.metadata)})
-            os.chmod(tmp, 0o644)  # the writer creates it owner-only; a model is for others to read too
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+            write_bytes_atomically(path, lambda temporary: temporary.write_bytes(safetensors_bytes(tensors, metadata)),
+                                   overwrite, check=_check_saved)
+        except OutputError as error:
+            if "exists already" in str(error):
+                raise ModelError(f"{path} exists already; choose another name or allow overwriting.") from None
+            raise
         self.path = path
         return path
+
+
+def _check_saved(temporary: Path) -> None:
+    """The written bundle reads back (a full disk leaves it short)."""
+    try:
+        _read_header(temporary)
+    except ModelError:
+        raise OutputError("the written model file does not read back (is the disk full?)") from None
 
 
 def _refuse_pickle(path: Path) -> None:
@@ -114,6 +132,14 @@ def _refuse_pickle(path: Path) -> None:
                          "(the output of 'multitaskseg train').")
 
 
+def _parse_json(text: str, path: Path, what: str) -> Any:
+    check_json_depth(text, str(path))  # before parsing: the parser would recurse 100,000 levels deep
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError) as exc:
+        raise ModelError(f"{path}: {what} is not valid JSON ({exc}).") from None
+
+
 def _read_header(path: Path) -> Dict[str, Any]:
     """The JSON metadata, read from the safetensors header without touching the weights."""
     with open(path, "rb") as f:
@@ -121,19 +147,23 @@ def _read_header(path: Path) -> Dict[str, Any]:
         if len(size_bytes) < 8:
             raise ModelError(f"{path} is not a model bundle: the file is too short (truncated?).")
         size = int.from_bytes(size_bytes, "little")
-        if size <= 0 or size > 100 * 1024 * 1024 or size + 8 > path.stat().st_size:
+        if size <= 0 or size > 100 * 1024 * 1024 or size + 8 > os.fstat(f.fileno()).st_size:
             raise ModelError(f"{path} is not a valid .safetensors model bundle (bad header size: truncated or corrupt).")
         try:
-            header = json.loads(f.read(size))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            text = f.read(size).decode("utf-8")
+        except UnicodeDecodeError as exc:
             raise ModelError(f"{path} has a corrupt safetensors header ({exc}).") from None
-    raw = (header.get("__metadata__") or {}).get(METADATA_KEY)
-    if raw is None:
+    header = _parse_json(text, path, "the safetensors header")
+    metadata_block = header.get("__metadata__") if isinstance(header, dict) else None
+    raw = metadata_block.get(METADATA_KEY) if isinstance(metadata_block, dict) else None
+    if not isinstance(raw, str):
         raise ModelError(f"{path} is a safetensors file but not a MultiTaskSeg bundle (no '{METADATA_KEY}' metadata).")
-    try:
-        metadata = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{path}: the bundle metadata is not valid JSON ({exc}).") from None
+    if len(raw) > MAX_METADATA_CHARS:
+        raise ModelError(f"{path}: the bundle metadata is {len(raw):,} characters long, more than a MultiTaskSeg "
+                         f"bundle's (at most {MAX_METADATA_CHARS:,}); the file is corrupt or not a MultiTaskSeg model.")
+    metadata = _parse_json(raw, path, "the bundle metadata")
+    if not isinstance(metadata, dict):
+        raise ModelError(f"{path}: the bundle metadata must be a JSON object, got {type(metadata).__name__}.")
     if metadata.get("format") != FORMAT or metadata.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"{path}: unsupported bundle format {metadata.get('format')!r} version "
                          f"{metadata.get('format_version')!r}; this MultiTaskSeg reads {FORMAT} version {FORMAT_VERSION}.")
@@ -142,36 +172,15 @@ def _read_header(path: Path) -> Dict[str, Any]:
 
 def bundle_from_metadata(metadata: Mapping[str, Any], state_dict: Optional[Mapping[str, torch.Tensor]] = None,
                          path: Optional[Path] = None) -> ModelBundle:
-    """Build and validate a bundle from metadata and (optionally) weights; ModelError says what does not match."""
+    """Build and validate a bundle from metadata and (optionally) weights; ModelError says what does not match.
+
+    The metadata is checked against the schema (``bundle_schema.validate_metadata``) before the
+    network is built; the weights must have the architecture's names and shapes and be finite
+    floating-point numbers.
+    """
     where = str(path) if path else "the model bundle"
-    try:
-        arch = Architecture.from_json(metadata["architecture"])
-        classes = [ClassInfo.from_json(c) for c in metadata["classes"]]
-        tasks = [TaskInfo.from_json(t) for t in metadata["tasks"]]
-        normalization = dict(metadata["normalization"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"{where}: incomplete or invalid metadata ({exc!r}).") from None
-    if [c.index for c in classes] != list(range(len(classes))) or len(classes) != arch.num_classes:
-        raise ModelError(f"{where}: the metadata lists {len(classes)} classes (indices {[c.index for c in classes]}) "
-                         f"but the network has {arch.num_classes} outputs; they must be 0..{arch.num_classes - 1}.")
-    if classes[0].task is not None:
-        raise ModelError(f"{where}: class 0 must be the background shared by all tasks.")
-    names = {c.name for c in classes}
-    for task in tasks:
-        missing = [n for n in task.classes if n not in names]
-        if missing:
-            raise ModelError(f"{where}: task {task.name!r} names classes the model does not have: {missing}.")
-        if task.modality not in normalization:
-            raise ModelError(f"{where}: task {task.name!r} has modality {task.modality!r} without a normalisation rule.")
-    by_name = {c.name: c.index for c in classes}
-    thresholds: Dict[int, float] = {}
-    for name, value in (metadata.get("thresholds") or {}).items():
-        if name not in by_name:
-            raise ModelError(f"{where}: a default threshold names the unknown class {name!r}.")
-        if not 0.0 <= float(value) <= 1.0:
-            raise ModelError(f"{where}: the default threshold of {name!r} is {value}, outside [0, 1].")
-        thresholds[by_name[name]] = float(value)
-    model = TriplanarCNN(arch)
+    parts = validate_metadata(metadata, where)
+    model = TriplanarCNN(parts["architecture"])
     if state_dict is not None:
         expected = {k: v.shape for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
         missing = sorted(set(expected) - set(state_dict))
@@ -180,38 +189,73 @@ def bundle_from_metadata(metadata: Mapping[str, Any], state_dict: Optional[Mappi
         if missing or unexpected or wrong:
             raise ModelError(f"{where}: the weights do not match the architecture in its metadata "
                              f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {wrong[:3]}).")
+        check_weights(state_dict, where)
         model.load_state_dict(state_dict, strict=False)
     model.eval()
-    spacing = metadata.get("target_spacing_mm")
-    return ModelBundle(model=model, classes=classes, tasks=tasks, normalization=normalization,
-                       default_thresholds=thresholds, target_spacing_mm=float(spacing) if spacing else None,
-                       provenance=dict(metadata.get("provenance") or {}), path=path)
+    return ModelBundle(model=model, classes=parts["classes"], tasks=parts["tasks"],
+                       normalization=parts["normalization"], default_thresholds=parts["thresholds"],
+                       target_spacing_mm=parts["target_spacing_mm"], provenance=parts["provenance"], path=path)
+
+
+def check_weights(state_dict: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse weights that are not floating point (an integer tensor would be cast silently) or
+    not finite (NaN or infinite weights label everything background), and negative batch-norm
+    variances (their square root is NaN)."""
+    for name, tensor in state_dict.items():
+        if not tensor.is_floating_point():
+            raise ModelError(f"{where}: the weight tensor {name!r} is {str(tensor.dtype).replace('torch.', '')}, "
+                             f"not floating point; the model file is damaged or not a MultiTaskSeg model.")
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ModelError(f"{where}: the weight tensor {name!r} holds {bad:,} NaN or infinite values (a diverged "
+                             f"training run or a damaged file); this model cannot segment. Use another model.")
+        if name.endswith("running_var") and bool((tensor < 0).any()):
+            raise ModelError(f"{where}: the batch-norm variances {name!r} are negative; the model file is damaged.")
 
 
 def read_metadata(path: Optional[PathLike] = None) -> Dict[str, Any]:
-    """The bundle's metadata without loading the weights (for ``multitaskseg info``)."""
-    return _read_header(_existing_model_path(path))
+    """The bundle's metadata without loading the weights (for ``multitaskseg info``), checked
+    against the schema (nothing is built)."""
+    resolved = _existing_model_path(path)
+    try:
+        metadata = _read_header(resolved)
+    except OSError as exc:
+        raise ModelError(f"Cannot read the model file {resolved}: {exc.strerror or exc}.") from None
+    validate_metadata(metadata, str(resolved))
+    return metadata
 
 
 def _existing_model_path(path: Optional[PathLike]) -> Path:
     resolved = Path(path) if path is not None else default_model_path()
-    if not resolved.is_file():
+    if not resolved.exists():
         if path is None:
             raise ModelError(f"No model given and the default model {resolved} is not there. "
                              "Give one with --model, or train one with 'multitaskseg train'.")
         raise ModelError(f"Model file {resolved} does not exist. Check the path.")
-    _refuse_pickle(resolved)
+    try:
+        check_regular_file(resolved, "The model file")  # a named pipe would block the reading
+    except InputError as error:  # the model is what is wrong here
+        raise ModelError(str(error)) from None
+    try:
+        _refuse_pickle(resolved)
+    except OSError as error:
+        raise ModelError(f"Cannot read the model file {resolved}: {error.strerror}.") from None
     return resolved
 
 
 def load_bundle(path: Optional[PathLike] = None) -> ModelBundle:
     """Load and validate a bundle; ``None`` loads the default model (see ``default_model_path``)."""
     resolved = _existing_model_path(path)
-    metadata = _read_header(resolved)
     try:
-        state_dict = load_file(str(resolved))
-    except (SafetensorError, OSError, ValueError) as exc:
+        metadata = _read_header(resolved)
+        validate_metadata(metadata, str(resolved))  # before the weights are read
+        # Read here, parsed from memory: safetensors' own file opening cannot take every name
+        # (not valid UTF-8), and a model is a few megabytes.
+        state_dict = load_safetensors_bytes(resolved.read_bytes())
+    except (SafetensorError, ValueError) as exc:
         raise ModelError(f"{resolved}: the weights cannot be read ({exc}); the file is corrupt or truncated.") from None
+    except OSError as exc:
+        raise ModelError(f"Cannot read the model file {resolved}: {exc.strerror or exc}.") from None
     return bundle_from_metadata(metadata, state_dict, resolved)
 
 

@@ -44,24 +44,51 @@ TERMINOLOGY_KEYS = ("category", "type", "modifier", "anatomic_region", "anatomic
 _REQUIRED_TERMINOLOGY_KEYS = ("category", "type")
 
 Code = Tuple[str, str, str]  # (coding scheme designator, code value, code meaning)
+MAX_NAME_LENGTH = 128
+# Separators of Slicer's terminology entry ("~", "^") and of a .seg.nrrd segment's tag list ("|").
+_TERMINOLOGY_SEPARATORS = "~^|"
+
+
+def _is_plain_text(value: str) -> bool:
+    """One line of printable, valid UTF-8 text (no NUL, newline or lone surrogate: they would
+    corrupt file headers or abort ITK)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return value.isprintable()
+
+
+def check_name(value: Any, what: str) -> str:
+    """A class or task name: 1..128 characters of plain text without path separators or ".."
+    (class names become parts of file names)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ModelError(f"{what} needs a non-empty name, got {value!r}.")
+    if len(value) > MAX_NAME_LENGTH or not _is_plain_text(value) or any(part in value for part in ("/", "\\", "..")):
+        raise ModelError(f"{what} has the name {value[:MAX_NAME_LENGTH]!r}: names must be at most {MAX_NAME_LENGTH} "
+                         f"printable characters without '/', '\\', '..', control characters or invalid UTF-8. "
+                         f"Fix the model bundle metadata.")
+    return value
 
 
 def _check_code(value: Any, what: str) -> Code:
-    """A [scheme, code, meaning] triple of non-empty strings without Slicer's separators."""
+    """A [scheme, code, meaning] triple of non-empty plain strings without Slicer's separators."""
     if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(isinstance(v, str) and v for v in value):
         raise ModelError(
             f"{what} must be a list of three non-empty strings [scheme, code, meaning], got {value!r}; "
             "fix the class terminology in the model bundle metadata."
         )
-    if any(("~" in v or "^" in v) for v in value):
+    if any(c in v for v in value for c in _TERMINOLOGY_SEPARATORS) or not all(_is_plain_text(v) for v in value):
         raise ModelError(
-            f"{what} {value!r} contains '~' or '^', which Slicer uses as separators; "
-            "remove them from the model bundle metadata."
+            f"{what} {value!r} contains '~', '^' or '|', which Slicer uses as separators, or a control "
+            "character or invalid UTF-8; remove them from the model bundle metadata."
         )
     return (value[0], value[1], value[2])
 
 
 def _check_terminology(terminology: Mapping[str, Any], name: str) -> Dict[str, Code]:
+    if not isinstance(terminology, Mapping):
+        raise ModelError(f"Class '{name}': terminology must be a mapping, got {type(terminology).__name__}.")
     unknown = sorted(set(terminology) - set(TERMINOLOGY_KEYS))
     if unknown:
         raise ModelError(
@@ -102,8 +129,7 @@ class ClassInfo:
     def __post_init__(self) -> None:
         if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
             raise ModelError(f"Class index must be a non-negative integer, got {self.index!r}.")
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ModelError(f"Class {self.index} needs a non-empty name.")
+        check_name(self.name, f"Class {self.index}")
         color = tuple(self.color) if isinstance(self.color, (list, tuple)) else ()
         if len(color) != 3 or not all(
             isinstance(c, (int, float)) and not isinstance(c, bool) and 0.0 <= c <= 1.0 for c in color
@@ -124,8 +150,6 @@ class ClassInfo:
             raise ModelError(
                 f"Class '{self.name}': decision must be one of {list(DECISIONS)}, got {self.decision!r}."
             )
-        if not isinstance(self.terminology, Mapping):
-            raise ModelError(f"Class '{self.name}': terminology must be a mapping, got {type(self.terminology).__name__}.")
         object.__setattr__(self, "terminology", dict(_check_terminology(self.terminology, self.name)))
 
     @property
@@ -190,8 +214,9 @@ class TaskInfo:
     classes: Tuple[str, ...]
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ModelError("A task needs a non-empty name.")
+        check_name(self.name, "A task")
+        if not isinstance(self.description, str) or not _is_plain_text(self.description):
+            raise ModelError(f"Task '{self.name}': its description must be one line of plain text.")
         if self.modality not in MODALITIES:
             raise ModelError(
                 f"Task '{self.name}': modality must be one of {list(MODALITIES)}, got {self.modality!r}."
@@ -210,7 +235,7 @@ class TaskInfo:
         missing = [k for k in ("name", "modality", "classes") if k not in d]
         if missing:
             raise ModelError(f"Task entry {dict(d)!r} lacks {missing}; the model bundle metadata is incomplete.")
-        return cls(name=d["name"], modality=d["modality"], description=str(d.get("description", "")), classes=d["classes"])
+        return cls(name=d["name"], modality=d["modality"], description=d.get("description", ""), classes=d["classes"])
 
 
 def validate_class_set(classes: Sequence[ClassInfo], tasks: Optional[Sequence[TaskInfo]] = None) -> None:
@@ -225,9 +250,11 @@ def validate_class_set(classes: Sequence[ClassInfo], tasks: Optional[Sequence[Ta
                 "list classes in output-channel order 0..N-1."
             )
     names = [c.name for c in classes]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    # Names are looked up case-insensitively (class_index), so they must differ beyond case.
+    folded = [n.strip().casefold() for n in names]
+    duplicates = sorted({n for n, key in zip(names, folded) if folded.count(key) > 1})
     if duplicates:
-        raise ModelError(f"Class names must be unique, repeated: {duplicates}.")
+        raise ModelError(f"Class names must be unique (ignoring case), repeated: {duplicates}.")
     if len(classes) < 2:
         raise ModelError("The model has only a background class; it needs at least one class to segment.")
     if tasks is None:

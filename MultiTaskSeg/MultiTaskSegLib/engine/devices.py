@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from typing import List, Tuple
 
 import torch
 
+from .environment import thread_count
 from .errors import InputError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -53,15 +55,25 @@ def available_devices() -> List[Tuple[str, str]]:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" picks the GPU when there is one; asking for a GPU that is not there is an error."""
-    if device in (None, "", "auto"):
+    """"auto" picks the GPU when there is one; "cpu", "cuda" or "cuda:N" name one. A GPU the
+    machine lacks, or any other device (e.g. "mps": the engine runs on CPUs and NVIDIA GPUs
+    only), is an InputError saying what to use."""
+    if device is None or str(device).strip().lower() in ("", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
+    text = str(device).strip().lower()
+    if text == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d{1,4}))?", text)
+    if match is None:
+        raise InputError(f"Unknown or unsupported device {device!r}: use auto, cpu, cuda or cuda:N "
+                         f"(MultiTaskSeg runs on CPUs and NVIDIA GPUs).")
+    if not torch.cuda.is_available():
         raise InputError("A GPU (cuda) was asked for but PyTorch finds none; use --device cpu or auto.")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise InputError(f"Unknown device {device!r}: use auto, cpu or cuda.") from None
+    count = torch.cuda.device_count()
+    if match.group(1) is not None and int(match.group(1)) >= count:
+        raise InputError(f"GPU {text} was asked for but this machine has {count} GPU(s), cuda:0.."
+                         f"cuda:{count - 1}; use one of those, or --device auto.")
+    return torch.device(text)
 
 
 def default_precision(device: torch.device, training: bool = False) -> str:
@@ -116,8 +128,8 @@ def configure_device(device: torch.device) -> None:
     """
     if device.type == "cuda":
         return
-    threads = os.environ.get("MULTITASKSEG_THREADS")
+    threads = thread_count()  # validated: a typo is an InputError, not a traceback
     if threads:
-        torch.set_num_threads(max(1, int(threads)))
+        torch.set_num_threads(threads)
     elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(physical_core_count())

@@ -20,8 +20,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+# The input checks live in volume_checks; these names stay importable from here.
+from .volume_checks import MAX_VOXELS, dimensionality_problem, memory_text, validate_volume  # noqa: F401
 
-MAX_VOXELS = 2 ** 31
 _PERMUTATION_TOLERANCE = 1e-6
 _SPACING_RELATIVE_TOLERANCE = 1e-6
 _INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
@@ -47,6 +48,7 @@ class Volume:
         self.spacing = _as_3_tuple(self.spacing, "spacing")
         self.origin = _as_3_tuple(self.origin, "origin")
         self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
+        self.spacing, self.direction = unit_direction_columns(self.spacing, self.direction)
 
     @property
     def index_to_physical_matrix(self) -> np.ndarray:
@@ -78,9 +80,20 @@ class Volume:
         """Wrap a 3D single-component SimpleITK image; anything else raises InputError."""
         components = image.GetNumberOfComponentsPerPixel()
         if image.GetDimension() != 3 or components != 1:
-            raise InputError(_dimensionality_problem(image.GetDimension(), components, "image"))
+            raise InputError(dimensionality_problem(image.GetDimension(), components, "image"))
         direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
         return cls(sitk.GetArrayFromImage(image), image.GetSpacing(), image.GetOrigin(), direction)
+
+
+def unit_direction_columns(spacing, direction: np.ndarray):
+    """(spacing, direction) with each direction column scaled to unit length and its length
+    moved into the spacing: the same physical grid (MetaImage files may store scaled columns), in
+    the form NIfTI and ITK's resampling expect. Zero or non-finite columns are left for
+    ``check_geometry`` to refuse."""
+    norms = np.linalg.norm(direction, axis=0)
+    if not np.all(np.isfinite(norms) & (norms > 0)) or np.allclose(norms, 1.0, rtol=0, atol=1e-12):
+        return spacing, direction
+    return tuple(float(s * n) for s, n in zip(spacing, norms)), direction / norms[None, :]
 
 
 def _sitk_compatible(array: np.ndarray) -> np.ndarray:
@@ -98,75 +111,6 @@ def _set_geometry(image: sitk.Image, spacing, origin, direction) -> None:
     direction = np.asarray(direction, dtype=np.float64).reshape(9)
     direction = np.where(np.abs(direction) < 1e-12, 0.0, direction)
     image.SetDirection(tuple(float(d) for d in direction))
-
-
-# ---------------------------------------------------------------------------------------------
-# Input checks
-
-
-def _dimensionality_problem(dimension: int, components: int, what: str) -> str:
-    if components > 1:
-        return (f"The {what} has {components} components per voxel (a vector, colour or "
-                f"multi-echo image); pick one component and save it as a scalar 3D volume "
-                f"(command line: --component N; Python: read_volume(path, component=N)).")
-    if dimension == 2:
-        return (f"The {what} is 2D (a single slice); provide the whole 3D volume "
-                f"(e.g. the DICOM series folder rather than one file).")
-    if dimension == 4:
-        return (f"The {what} is 4D (a time series or several volumes in one file); pick one "
-                f"time point (command line: --component N; Python: read_volume(path, "
-                f"component=N)) or save that volume as its own 3D file.")
-    return f"The {what} has {dimension} dimensions; a 3D volume is needed."
-
-
-def validate_volume(volume: Volume, what: str = "image", max_memory_bytes: Optional[int] = None,
-                    allow_constant: bool = False) -> None:
-    """Raise InputError, with a message saying what to do, if `volume` cannot be segmented.
-
-    Checks: numeric voxel type; 3D with one value per voxel ((z, y, x, c) arrays are treated as
-    multi-component); at least one voxel in every axis; at most 2**31 voxels and a float32 copy
-    that fits in `max_memory_bytes` (if given); no NaN/Inf; not every voxel equal (an empty or
-    constant image, skipped with `allow_constant`, e.g. for labelmaps).
-    """
-    array = np.asarray(volume.array)
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-        raise InputError(f"The {what} has non-numeric voxels (type {array.dtype}); "
-                         f"convert it to a scalar numeric image (e.g. float32 or int16).")
-    if array.ndim != 3:
-        dimension, components = array.ndim, 1
-        if array.ndim == 4 and array.shape[-1] <= 4 and array.shape[0] > 4:
-            dimension, components = 3, array.shape[-1]  # (z, y, x, c) as numpy gives vector images
-        raise InputError(_dimensionality_problem(dimension, components, what) +
-                         f" (array shape {tuple(array.shape)})")
-    if min(array.shape) < 1:
-        raise InputError(f"The {what} is empty: its size (z, y, x) is {tuple(array.shape)}; "
-                         f"every axis needs at least one voxel. Check that the file is complete.")
-    voxels = int(np.prod(array.shape, dtype=np.int64))
-    float32_bytes = voxels * 4
-    if voxels > MAX_VOXELS:
-        raise InputError(f"The {what} has {voxels:,} voxels (more than 2**31); processing it "
-                         f"would need at least {memory_text(float32_bytes)} of memory. Crop or "
-                         f"downsample it first.")
-    if max_memory_bytes is not None and float32_bytes > max_memory_bytes:
-        raise InputError(f"The {what} has {voxels:,} voxels; a float32 copy alone needs "
-                         f"{memory_text(float32_bytes)}, over the memory limit of "
-                         f"{memory_text(max_memory_bytes)}. Crop or downsample it, or raise the limit.")
-    if np.issubdtype(array.dtype, np.inexact):
-        not_finite = sum(int(np.count_nonzero(~np.isfinite(plane))) for plane in array)
-        if not_finite:
-            raise InputError(f"The {what} contains {not_finite:,} NaN or infinite voxel values "
-                             f"of {voxels:,}; replace them (e.g. by 0) before segmenting.")
-    if not allow_constant and array.min() == array.max():
-        raise InputError(f"Every voxel of the {what} has the value {array.flat[0]!r}: it is "
-                         f"empty or constant, there is nothing to segment. Check that the "
-                         f"right file or series was loaded.")
-
-
-def memory_text(num_bytes: float) -> str:
-    """Human-readable memory size (MiB below 1 GiB)."""
-    if num_bytes < 2 ** 30:
-        return f"{num_bytes / 2 ** 20:.1f} MiB"
-    return f"{num_bytes / 2 ** 30:.1f} GiB"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +191,9 @@ def _canonical_extent(volume: Volume, spacing: float):
     corners = volume.index_to_physical(corners_ijk)
     low, high = corners.min(axis=0), corners.max(axis=0)
     # The tolerance keeps an exact multiple of the spacing from gaining a voxel by rounding.
-    counts = np.maximum(1, np.ceil((high - low) / spacing - 1e-6)).astype(int)
+    counts = np.maximum(1, np.ceil((high - low) / spacing - 1e-6))
+    _check_canonical_size(counts[::-1], spacing)  # in float: a tiny spacing must not overflow int64
+    counts = counts.astype(int)
     origin = (low + high) / 2.0 - (counts - 1) * spacing / 2.0  # centred on the input's box
     return (int(counts[2]), int(counts[1]), int(counts[0])), tuple(float(o) for o in origin)
 
@@ -266,10 +212,10 @@ def to_canonical(volume: Volume, target_spacing: Optional[float] = None,
     _check_interpolation(interpolation)
     spacing = float(target_spacing) if target_spacing is not None else \
         default_target_spacing(volume.spacing)
-    if not spacing > 0:
-        raise ValueError(f"target_spacing must be positive, got {target_spacing}")
+    if not (np.isfinite(spacing) and spacing > 0):
+        raise InputError(f"The target spacing must be a positive finite number of millimetres, got "
+                         f"{target_spacing}; e.g. --spacing 1.")
     shape, origin = _canonical_extent(volume, spacing)
-    _check_canonical_size(shape, spacing)
     grid = CanonicalGrid(tuple(volume.array.shape), volume.spacing, volume.origin,
                          volume.direction.copy(), np.asarray(volume.array).dtype, shape, spacing,
                          origin)
@@ -293,10 +239,12 @@ def to_canonical(volume: Volume, target_spacing: Optional[float] = None,
 def _check_canonical_size(shape, spacing: float) -> None:
     """Refuse, before resampling, a canonical grid too large to allocate (very anisotropic
     voxels, or a target spacing far finer than the image's)."""
-    voxels = int(np.prod(shape, dtype=np.int64))
-    if voxels > MAX_VOXELS:
+    voxels = float(np.prod(np.asarray(shape, dtype=np.float64)))
+    if not voxels <= MAX_VOXELS:
+        sizes = " x ".join(f"{int(n):d}" if n < 1e15 else f"{n:.3g}" for n in shape)
+        count = f"{int(voxels):,}" if voxels < 1e15 else f"{voxels:.3g}"
         raise InputError(f"On the {spacing:g} mm isotropic grid the network needs, the image would "
-                         f"have {' x '.join(map(str, shape))} = {voxels:,} voxels (more than 2**31), "
+                         f"have {sizes} = {count} voxels (more than 2**31), "
                          f"needing at least {memory_text(4 * voxels)} of memory. Use a coarser "
                          f"spacing (--spacing MM) or crop the image.")
 

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import gzip
 import os
-import re
-import shutil
-import tempfile
 import zlib
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
+from .dicom_reading import read_dicom_folder
 from .errors import InputError
 from .file_types import READABLE_SUFFIXES, PathLike, full_suffix
-from .geometry import MAX_VOXELS, Volume, memory_text
+from .geometry import Volume
+from .image_headers import check_header, component_bytes
+from .itk_paths import itk_file_name, itk_reason  # noqa: F401 (itk_reason: importable from here)
+from .volume_checks import MAX_VOXELS, check_geometry, memory_text
+
+_COMPLEX_PIXELS = (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64)
 
 
 def read_volume(path: PathLike, series_uid: Optional[str] = None,
@@ -29,26 +32,20 @@ def read_volume(path: PathLike, series_uid: Optional[str] = None,
 
     A folder is read as a DICOM series; with several series in it, `series_uid` picks one.
     `component` picks one component of a multi-component (vector) image or one time point of a
-    4D image. Every problem the user can fix raises InputError saying what to do.
+    4D image. Every problem the user can fix raises InputError saying what to do; nothing that
+    is not a regular file (a named pipe, a device) is opened.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"Input not found: {path}. Check the path (files: "
                          f"{', '.join(READABLE_SUFFIXES)}; or a DICOM series folder).")
-    image = _read_dicom_folder(path, series_uid) if path.is_dir() else _read_image_file(path)
-    return Volume.from_sitk(_select_component(image, component, path))
-
-
-def itk_reason(error: Exception) -> str:
-    """The informative line of an ITK exception (they come with file/line noise)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    reason = lines[-1] if lines else type(error).__name__
-    for line in lines:
-        if "ITK ERROR" in line or "Description:" in line or "sitk::ERROR" in line:
-            reason = re.split(r"ITK ERROR:|Description:|sitk::ERROR:", line)[-1]
-            break
-    reason = re.sub(r"^\s*\w+\(0x[0-9a-fA-F]+\):\s*", "", reason)  # "NrrdImageIO(0x55..): "
-    return reason.strip().rstrip(".:")
+    if path.is_dir():
+        image = read_dicom_folder(path, series_uid, _check_size_before_reading)
+    else:
+        image = _read_image_file(path)
+    volume = Volume.from_sitk(_select_component(image, component, path))
+    check_geometry(volume.spacing, volume.origin, volume.direction, f"image {path}")
+    return volume
 
 
 def _nifti_expected_bytes(header: bytes) -> Optional[int]:
@@ -113,17 +110,6 @@ def _check_nifti_complete(path: Path) -> None:
                          f"{'fewer' if actual < 0 else f'{actual:,}'}). Copy or export it again.")
 
 
-def _read_without_nii_sibling(path: Path) -> sitk.Image:
-    """Read name.nii.gz when name.nii exists too: ITK's NIfTI library would read name.nii."""
-    with tempfile.TemporaryDirectory() as folder:
-        alias = Path(folder) / "image.nii.gz"
-        try:
-            os.symlink(path.resolve(), alias)
-        except OSError:  # no symlinks (e.g. Windows without the privilege): copy instead
-            shutil.copyfile(path, alias)
-        return sitk.ReadImage(str(alias))
-
-
 def physical_memory_bytes() -> Optional[int]:
     """This machine's RAM, or None where the OS does not say (then only MAX_VOXELS applies)."""
     try:
@@ -153,77 +139,49 @@ def check_size_from_header(size: Sequence[int], components: int, bytes_per_compo
                      f"{memory_text(needed)}, {limit}. Crop or downsample it first (nothing was read).")
 
 
-def _check_size_before_reading(path: Path, slices: int = 1, source: Optional[str] = None) -> None:
-    """Read only the header and refuse absurd sizes (a damaged or hostile header) up front.
+def _check_size_before_reading(file: str, slices: int = 1, source: Optional[str] = None) -> None:
+    """Read only the header and refuse absurd sizes (a damaged or hostile header) and voxel types
+    that cannot be segmented (complex) up front.
 
-    For a DICOM series `path` is its first file and `slices` the number of files.
+    `file` is a name ITK can open; for a DICOM series its first file and `slices` the number of files.
     """
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    reader.SetFileName(file)
     try:
         reader.ReadImageInformation()
     except RuntimeError:
         return  # not readable at all: the full read reports why
-    pixel_bytes = sitk.Image([1] * 3, reader.GetPixelID(), reader.GetNumberOfComponents()) \
-        .GetSizeOfPixelComponent()
+    source = source or file
+    if reader.GetPixelID() in _COMPLEX_PIXELS:
+        raise InputError(f"{source} has complex-valued voxels (e.g. raw MR phase data); save the magnitude as a "
+                         f"real-valued image and segment that (nothing was read).")
+    components = reader.GetNumberOfComponents()
     size = list(reader.GetSize())
     if slices > 1:
         size = size[:2] + [slices * (size[2] if len(size) > 2 else 1)]
-    check_size_from_header(size, reader.GetNumberOfComponents(), pixel_bytes, source or str(path))
+    check_size_from_header(size, components, component_bytes(reader.GetPixelID(), components), source)
 
 
 def _read_image_file(path: Path) -> sitk.Image:
-    _check_size_before_reading(path)
-    if full_suffix(path) in (".nii", ".nii.gz"):
-        _check_nifti_complete(path)
-    try:
-        if full_suffix(path) == ".nii.gz" and path.with_name(path.name[:-3]).exists():
-            return _read_without_nii_sibling(path)
-        return sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        hint = "" if full_suffix(path) in READABLE_SUFFIXES else \
-            f" Supported: {', '.join(READABLE_SUFFIXES)} files or a DICOM series folder."
-        raise InputError(f"Cannot read {path}: {itk_reason(error)}. The file may be truncated, "
-                         f"corrupt or of an unsupported format.{hint}") from None
+    check_header(path)  # a regular file, data files too, finite geometry: before ITK opens anything
+    with itk_file_name(path) as name:
+        _check_size_before_reading(name, source=str(path))
+        if full_suffix(path) in (".nii", ".nii.gz"):
+            _check_nifti_complete(path)
+        try:
+            return sitk.ReadImage(name)
+        except RuntimeError as error:
+            hint = "" if full_suffix(path) in READABLE_SUFFIXES else \
+                f" Supported: {', '.join(READABLE_SUFFIXES)} files or a DICOM series folder."
+            raise InputError(f"Cannot read {path}: {_plain_reason(error)}. The file may be truncated, "
+                             f"corrupt or of an unsupported format.{hint}") from None
 
 
-def _series_summary(folder: Path, uid: str) -> str:
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
-    description = ""
-    try:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(files[0])
-        reader.ReadImageInformation()
-        if reader.HasMetaDataKey("0008|103e"):
-            description = reader.GetMetaData("0008|103e").strip()
-    except RuntimeError:
-        pass  # the description is a courtesy; the UID and slice count identify the series
-    return f'{uid} ("{description}", {len(files)} slices)'
-
-
-def _read_dicom_folder(folder: Path, series_uid: Optional[str]) -> sitk.Image:
-    uids: List[str] = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    if not uids:
-        raise InputError(f"No DICOM series found in folder {folder}. Give a folder that directly "
-                         f"contains the DICOM files of one series, or an image file "
-                         f"({', '.join(READABLE_SUFFIXES)}).")
-    if series_uid is None and len(uids) > 1:
-        listing = "; ".join(_series_summary(folder, uid) for uid in uids)
-        raise InputError(f"Folder {folder} holds {len(uids)} DICOM series: {listing}. Pick one "
-                         f"with --series-uid UID (Python: read_volume(path, series_uid=UID)).")
-    uid = series_uid if series_uid is not None else uids[0]
-    if uid not in uids:
-        listing = "; ".join(_series_summary(folder, known) for known in uids)
-        raise InputError(f"DICOM series {uid} is not in folder {folder}; it holds: {listing}.")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid)
-    _check_size_before_reading(Path(files[0]), len(files), f"DICOM series {uid} in {folder}")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    try:
-        return reader.Execute()
-    except RuntimeError as error:
-        raise InputError(f"Cannot read DICOM series {uid} in {folder}: {itk_reason(error)}. "
-                         f"Check that no slice file is missing or corrupt.") from None
+def _plain_reason(error: Exception) -> str:
+    reason = itk_reason(error)
+    if "Zero-valued spacing" in reason:  # ITK's words for a zero, negative, infinite or NaN spacing
+        return "its header gives a voxel spacing that is zero, negative, infinite or not a number"
+    return reason
 
 
 def _select_component(image: sitk.Image, component: Optional[int], path: Path) -> sitk.Image:

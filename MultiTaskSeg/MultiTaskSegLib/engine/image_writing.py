@@ -1,8 +1,11 @@
-"""Writing volumes, labelmaps and Slicer segmentations (.seg.nrrd), atomically.
+"""Writing volumes, labelmaps and Slicer segmentations (.seg.nrrd), atomically and checked.
 
-Outputs are first written to a hidden temporary file in the target folder and renamed over the
-target only when complete, so an interrupted run never leaves a half-written file under the final
-name. Geometry is LPS, as in the rest of the engine; .seg.nrrd tags are in Slicer's RAS.
+Every output goes through ``atomic_files.atomic_write_path``: a hidden temporary file in the target
+folder, read back (``written_image_check``) and renamed over the target only when complete, so an
+interrupted or failed write (a full disk) never leaves a damaged file under the final name nor
+replaces a good one. Geometry is LPS, as in the rest of the engine; .seg.nrrd tags are in
+Slicer's RAS. A geometry a format cannot hold (a sheared direction matrix in NIfTI) is refused,
+never silently changed.
 """
 
 from __future__ import annotations
@@ -17,44 +20,43 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .atomic_files import atomic_write_path
 from .errors import OutputError
 from .file_types import WRITABLE_SUFFIXES, PathLike, full_suffix
 from .geometry import Volume
-from .image_reading import itk_reason
+from .itk_paths import itk_can_open, itk_reason
+from .volume_checks import is_orthonormal
+from .written_image_check import check_written_image
+
+__all__ = ["atomic_write_path", "check_format_holds", "write_volume", "write_labelmap", "write_segmentation_nrrd"]
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def check_format_holds(volume: Volume, path: PathLike) -> None:
+    """Refuse to write ``volume``'s geometry to a format that would change it: NIfTI holds only
+    rotations (ITK "coerces" a sheared direction matrix, moving the image)."""
+    if full_suffix(path) in _NIFTI_SUFFIXES and not is_orthonormal(volume.direction):
+        raise OutputError(f"Cannot write {Path(path).name}: the image's direction matrix is sheared (its axes are "
+                          f"not perpendicular), which NIfTI cannot store without moving the image. Write "
+                          f".nrrd, .mha or .seg.nrrd instead (--format nrrd, or that suffix).")
 
 
 @contextlib.contextmanager
-def atomic_write_path(path: PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (same suffix); rename it over `path` on success.
-
-    The temporary file is removed if the body raises (KeyboardInterrupt included). An existing
-    `path` without `overwrite` raises OutputError before anything is written.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"Output {path} is a folder; give a file name.")
-    if path.exists() and not overwrite:
-        raise OutputError(f"Output {path} exists already; use --overwrite (Python: "
-                          f"overwrite=True) to replace it, or choose another name.")
-    if not path.parent.is_dir():
-        raise OutputError(f"Output folder {path.parent} does not exist; create it first.")
-    try:
-        handle, temporary_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-",
-                                                  suffix=full_suffix(path), dir=path.parent)
-    except OSError as error:
-        raise OutputError(f"Cannot write in {path.parent}: {error.strerror}. Choose a "
-                          f"writable folder.") from None
-    os.close(handle)
-    temporary = Path(temporary_name)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        raise
+def _itk_write_name(temporary: Path) -> Iterator[str]:
+    """A name ITK can write ``temporary`` through (a link when the folder's name is not UTF-8)."""
+    if itk_can_open(temporary):
+        yield str(temporary)
+        return
+    with tempfile.TemporaryDirectory(prefix="multitaskseg-itk-") as folder:
+        alias = Path(folder) / f"output{full_suffix(temporary)}"
+        try:
+            os.symlink(os.path.abspath(temporary), alias)
+        except OSError:
+            raise OutputError(f"Cannot write in {temporary.parent!s}: its name is not valid UTF-8, which ITK "
+                              f"cannot open; choose another folder.") from None
+        yield str(alias)
 
 
 def _check_writable_suffix(path: Path, allowed=WRITABLE_SUFFIXES) -> None:
@@ -66,16 +68,20 @@ def _check_writable_suffix(path: Path, allowed=WRITABLE_SUFFIXES) -> None:
 def _write_image(image: sitk.Image, path: PathLike, overwrite: bool) -> Path:
     path = Path(path)
     _check_writable_suffix(path)
-    with atomic_write_path(path, overwrite) as temporary:
-        try:
-            sitk.WriteImage(image, str(temporary), useCompression=True)
-        except RuntimeError as error:
-            raise OutputError(f"Cannot write {path}: {itk_reason(error)}.") from None
+    with atomic_write_path(path, overwrite, check=check_written_image) as temporary:
+        with _itk_write_name(temporary) as name:
+            try:
+                sitk.WriteImage(image, name, useCompression=True)
+            except RuntimeError as error:  # ITK names the temporary file: name the target instead
+                reason = itk_reason(error).replace(Path(name).name, path.name)
+                raise OutputError(f"Cannot write {path}: {reason} (the previous content, if any, is "
+                                  f"unchanged).") from None
     return path
 
 
 def write_volume(volume: Volume, path: PathLike, overwrite: bool = False) -> Path:
     """Write `volume` (any voxel type) to .nii, .nii.gz, .nrrd or .mha; returns the path."""
+    check_format_holds(volume, path)
     return _write_image(volume.to_sitk(), path, overwrite)
 
 
@@ -93,6 +99,7 @@ def write_labelmap(labelmap: np.ndarray, reference: Volume, path: PathLike,
                    overwrite: bool = False) -> Path:
     """Write a (z, y, x) labelmap as uint8 in exactly the reference image's geometry."""
     labels = _labelmap_as_uint8(labelmap, reference)
+    check_format_holds(reference, path)
     return _write_image(reference.with_array(labels).to_sitk(), path, overwrite)
 
 
@@ -139,6 +146,16 @@ def _color_string(color) -> str:
     return " ".join(f"{c:.6g}" for c in rgb)
 
 
+def _header_text(value, what: str, forbidden: str = "") -> str:
+    """A segment field as a NRRD header value: one line of valid UTF-8 without the separators
+    Slicer parses the field by ("|" between a segment's tags)."""
+    text = str(value)
+    if not text.isprintable() or any(c in text for c in forbidden) or not itk_can_open(text):
+        raise ValueError(f"segment {what} {text!r} contains a control character, invalid UTF-8 or one of "
+                         f"{forbidden!r}; it would corrupt the .seg.nrrd header")
+    return text
+
+
 def write_segmentation_nrrd(labelmap: np.ndarray, reference: Volume, path: PathLike,
                             segments: Sequence[dict], overwrite: bool = False) -> Path:
     """Write a Slicer segmentation (.seg.nrrd): one shared labelmap layer, one segment per label.
@@ -168,12 +185,12 @@ def write_segmentation_nrrd(labelmap: np.ndarray, reference: Volume, path: PathL
         "Segmentation_ConversionParameters": _conversion_parameters(reference),
     }
     for index, (segment, value) in enumerate(zip(segments, label_values)):
-        terminology = str(segment.get("terminology") or "")
+        terminology = _header_text(segment.get("terminology") or "", "terminology", "|")
         box = bounding_boxes[value - 1] if value <= len(bounding_boxes) else None
         prefix = f"Segment{index}_"
         metadata.update({
             prefix + "ID": f"Segment_{value}",
-            prefix + "Name": str(segment["name"]),
+            prefix + "Name": _header_text(segment["name"], "name"),
             prefix + "NameAutoGenerated": "0",
             prefix + "Color": _color_string(segment["color"]),
             prefix + "ColorAutoGenerated": "0",

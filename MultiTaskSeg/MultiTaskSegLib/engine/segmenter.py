@@ -8,40 +8,26 @@ intensity > 0 (the paper's samples) -> uint8 probabilities -> back to the input 
 
 from __future__ import annotations
 
-import os
+import warnings
 from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 
+from . import environment
+from . import samples
 from .bundle import ModelBundle
 from .classes import ClassKey, selected_class_indices
+from .device_segmentation import predict_on_device
 from .devices import available_devices, configure_device, default_precision, resolve_device
 from .geometry import Volume, from_canonical, to_canonical, validate_volume
 from .labelmap_rule import ProbabilityMaps, background_outside
 from .normalization import normalize, resolve_modality
 from .prepared_model import inference_model
 from .progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
-from .slab_loop import dense_probabilities
+from .samples import dilated_by_one_voxel  # noqa: F401  (importable from here, as before)
+from .slab_loop import dense_probabilities, is_out_of_memory
 from .slab_sizing import DenseOptions
-
-
-def dilated_by_one_voxel(mask: np.ndarray) -> np.ndarray:
-    """``mask`` grown by its 26 neighbours (a 3x3x3 cube), in three separable passes.
-
-    Probabilities go back to the input grid by linear interpolation, which reads the canonical
-    voxels around each input voxel; at the foreground's edge some of those have intensity <= 0.
-    Classifying them too keeps the edge's input voxels from blending with forced background.
-    """
-    grown = mask.copy()
-    for axis in range(mask.ndim):
-        before = grown.copy()
-        lower = [slice(None)] * mask.ndim
-        upper = [slice(None)] * mask.ndim
-        lower[axis], upper[axis] = slice(None, -1), slice(1, None)
-        grown[tuple(lower)] |= before[tuple(upper)]
-        grown[tuple(upper)] |= before[tuple(lower)]
-    return grown
 
 
 class Segmenter:
@@ -53,15 +39,19 @@ class Segmenter:
     """
 
     def __init__(self, bundle: ModelBundle, device: str = "auto", target_spacing: Optional[float] = None,
-                 modality: str = "auto", precision: str = "auto", memory_budget_bytes: Optional[int] = None):
+                 modality: str = "auto", precision: str = "auto", memory_budget_bytes: Optional[int] = None,
+                 keep_on_device: Optional[bool] = None):
         self.bundle = bundle
         self.device = resolve_device(device)
+        # The device path (device_segmentation) where the network runs on a GPU: resampling, masks
+        # and the labelmap rule there too. None: on CUDA devices; True forces it (tests on the CPU).
+        self.keep_on_device = self.device.type == "cuda" if keep_on_device is None else bool(keep_on_device)
         self.target_spacing = target_spacing or bundle.target_spacing_mm
         self.modality = modality
         self.precision = default_precision(self.device) if precision == "auto" else precision
         configure_device(self.device)
         # 0: each slab sizes itself from the memory available at the time (slab_sizing.memory_budget)
-        budget = memory_budget_bytes or int(os.environ.get("MULTITASKSEG_MEMORY_BUDGET", 0))
+        budget = memory_budget_bytes or environment.memory_budget_bytes()
         self.options = DenseOptions(precision=self.precision, memory_budget_bytes=budget, channels_last=True)
         self.model = bundle.model.to(self.device).eval()
         # BN folded into the convs, weights in the compute dtype: prepared once, reused per volume
@@ -83,13 +73,23 @@ class Segmenter:
         """Per-class probabilities of ``volume`` on its own grid (see module docstring)."""
         validate_volume(volume)
         selected = self.selected_classes(classes)
-        report(progress, 0.0, "Resampling to the canonical grid")
         modality = resolve_modality(self.modality, volume.array)
+        if self.keep_on_device:
+            try:
+                return predict_on_device(self, volume, selected, modality, progress, cancel)
+            except (torch.OutOfMemoryError, RuntimeError) as error:
+                if not is_out_of_memory(error):
+                    raise
+                warnings.warn("The volume did not fit in GPU memory for the all-on-GPU path; resampling on the "
+                              "CPU instead (slower).", RuntimeWarning)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        report(progress, 0.0, "Resampling to the canonical grid")
         canonical, grid = to_canonical(volume, self.target_spacing)
         check_cancel(cancel)
-        sample_voxels = canonical.array > 0
-        if not grid.is_exact:  # the way back interpolates: classify what it reads
-            sample_voxels = dilated_by_one_voxel(sample_voxels)
+        if not grid.is_exact:
+            samples.zero_interpolation_noise(canonical.array)
+        sample_voxels = samples.sample_voxels(canonical.array, interpolated=not grid.is_exact)
         network_input = normalize(canonical.array, modality, self.bundle.normalization)
         del canonical  # large volumes: keep at most the input, one float copy and the mask alive
         probabilities = dense_probabilities(self.inference_model, network_input, sample_voxels, self.device,
