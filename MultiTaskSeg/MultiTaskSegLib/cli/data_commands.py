@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..engine.classes import TASK_NAMES
-from .console import EXIT_OK, progress_bar
+from .console import EXIT_OK, non_negative_int, progress_bar
 
 
 def _add_make_data(subparsers) -> None:
@@ -12,7 +12,7 @@ def _add_make_data(subparsers) -> None:
         description="Write the brain (MNI152/ICBM templates with atlas labels), breast-phantom and "
                     "coronary-phantom datasets as nnU-Net v2 folders under OUT_DIR. Nothing is downloaded.")
     parser.add_argument("out_dir", metavar="OUT_DIR")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the procedural phantoms (default 0)")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the procedural phantoms (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing dataset folders")
     parser.add_argument("--tasks", nargs="+", default=list(TASK_NAMES), choices=TASK_NAMES,
                         help="write only these tasks' datasets (the phantoms need no atlas packages)")

@@ -20,16 +20,16 @@ def _add_info(subparsers) -> None:
 
 
 def _run_info(args) -> int:
-    from ..engine.bundle import MODEL_ENV_VAR, bundle_from_metadata, default_model_path, read_metadata
-    from ..engine.network import parameter_count
+    from ..engine.bundle import MODEL_ENV_VAR, default_model_path, read_metadata
+    from ..engine.bundle_schema import parameter_count_of, validate_architecture
 
     path = Path(args.model) if args.model else default_model_path()
     if args.model is None and not path.is_file():
         raise InputError(f"No model given and the default model {path} is not there: give a model file "
                          f"('{PROG} info MODEL'), set ${MODEL_ENV_VAR}, or create the default one with 'make demo'.")
-    metadata = read_metadata(path)
-    # Building the (untrained) network from the metadata validates it and gives the parameter count.
-    parameters = parameter_count(bundle_from_metadata(metadata, None, path).model)
+    metadata = read_metadata(path)  # checked against the schema
+    # Counted from the architecture, not built: a damaged file announcing a huge network must not hang info.
+    parameters = parameter_count_of(validate_architecture(metadata["architecture"], str(path)))
     if args.json:
         print(json.dumps({"path": str(path), "parameter_count": parameters, **metadata}, indent=2))
     else:

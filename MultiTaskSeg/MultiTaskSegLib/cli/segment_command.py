@@ -8,7 +8,7 @@ from typing import Dict, Sequence
 
 from ..engine.errors import InputError
 from ..engine.file_types import FORMATS
-from .console import EXIT_OK, EXIT_SOME_FAILED, PROG, progress_bar
+from .console import EXIT_OK, EXIT_SOME_FAILED, PROG, non_negative_int, positive_float, progress_bar
 
 
 def _add_segment(subparsers) -> None:
@@ -30,10 +30,10 @@ def _add_segment(subparsers) -> None:
                         help="also write each selected class's probability (float32, 0..1, input grid) to DIR")
     parser.add_argument("--modality", default="auto", choices=("auto", "MR", "CT"),
                         help="intensity normalisation to use (auto: CT if the image has air in Hounsfield units)")
-    parser.add_argument("--spacing", type=float, metavar="MM",
+    parser.add_argument("--spacing", type=positive_float, metavar="MM",
                         help="isotropic voxel size the network sees (default: the model's, else the input's median)")
     parser.add_argument("--format", choices=tuple(FORMATS), help="output format when OUTPUT is a folder (default nii.gz)")
-    parser.add_argument("--component", type=int, metavar="N",
+    parser.add_argument("--component", type=non_negative_int, metavar="N",
                         help="segment component N (from 0) of a multi-component image or time point N of a 4D image")
     parser.add_argument("--series-uid", metavar="UID",
                         help="the DICOM series to segment when an input folder holds several")
@@ -45,10 +45,10 @@ def _run_segment(args) -> int:
     from ..engine.batch import check_outputs, make_output_folders, plan_jobs, run_jobs
     from ..engine.bundle import load_bundle
     from ..engine.classes import selected_class_indices
+    from ..engine.devices import resolve_device
     from ..engine.segmenter import Segmenter
 
-    if args.spacing is not None and not args.spacing > 0:
-        raise InputError(f"--spacing must be a positive number of millimetres, got {args.spacing}.")
+    resolve_device(args.device)  # a device this machine lacks: refused before anything is loaded
     bundle = load_bundle(args.model)
     selected = selected_class_indices(bundle.classes, args.classes)
     thresholds = parse_thresholds(args.threshold, bundle)

@@ -6,10 +6,52 @@ CPU processes); only the first process prints and writes.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
+from typing import List, Sequence
 
-from ..engine.errors import OutputError
-from .console import EXIT_OK, progress_bar
+from ..engine.errors import InputError, OutputError
+from .console import EXIT_OK, non_negative_int, positive_float, positive_int, progress_bar
+
+MAX_LAYERS = 100  # what a bundle may hold (engine/bundle_schema.py)
+
+
+def layer_count(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_LAYERS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_LAYERS} (the paper uses 25), got {text!r}")
+    return value
+
+
+def multiple_of_six(text: str) -> int:
+    value = positive_int(text)
+    if value % 6:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 6 (it is split evenly over 1, 2 or 3 tasks), "
+                                         f"got {text!r}")
+    return value
+
+
+def _dataset_files(datasets: Sequence[str]) -> List[Path]:
+    """The folders of nnU-Net datasets whose files a run reads (outputs must not be among them)."""
+    folders = []
+    for dataset in datasets:
+        root = Path(dataset)
+        folders += [root] + [root / sub for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
+                             if (root / sub).is_dir()]
+    return folders
+
+
+def _check_outputs(outputs: Sequence[Path], inputs: Sequence[Path]) -> None:
+    """The planner's rules (engine/output_paths.py): no output is an input, clashes or lacks a folder."""
+    from ..engine.output_paths import check_output_paths
+
+    check_output_paths([(path, None) for path in outputs], inputs)
+
+
+def _check_work_dir(work_dir: str) -> None:
+    path = Path(work_dir)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"--work-dir {path} is a file; give a folder (it is created if missing).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -26,18 +68,18 @@ def _add_train(subparsers) -> None:
     parser.add_argument("-o", "--output", required=True, help="model bundle to write (.safetensors)")
     parser.add_argument("--work-dir", required=True, help="checkpoints, log, learning curve, report, cache")
     parser.add_argument("--tasks", nargs="+", help="train only these tasks (default: those of the datasets)")
-    parser.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
-    parser.add_argument("--blocks-per-task", type=int, default=2, help="dense blocks per task per step (default 2)")
-    parser.add_argument("--block", type=int, default=24, help="side of a dense block in voxels (default 24)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    parser.add_argument("--layers", type=int, default=25, help="conv layers (paper: 25; fewer only for quick tests)")
-    parser.add_argument("--validate-every", type=int, default=100)
+    parser.add_argument("--steps", type=positive_int, default=2000, help="optimiser steps (default 2000)")
+    parser.add_argument("--blocks-per-task", type=positive_int, default=2, help="dense blocks per task per step (default 2)")
+    parser.add_argument("--block", type=positive_int, default=24, help="side of a dense block in voxels (default 24)")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--layers", type=layer_count, default=25, help="conv layers (paper: 25; fewer only for quick tests)")
+    parser.add_argument("--validate-every", type=positive_int, default=100)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    parser.add_argument("--workers", type=int, help="processes drawing and augmenting batches ahead of the "
+    parser.add_argument("--workers", type=non_negative_int, help="processes drawing and augmenting batches ahead of the "
                         "network (default: none on CPU, up to 8 beside a GPU)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop cleanly after this long")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--time-limit", type=positive_float, metavar="MINUTES", help="stop cleanly after this long")
     parser.add_argument("--no-augmentation", action="store_true")
     parser.add_argument("--no-evaluation", action="store_true", help="skip the held-out evaluation at the end")
     parser.add_argument("--init-from", metavar="MODEL",
@@ -47,10 +89,17 @@ def _add_train(subparsers) -> None:
 
 
 def _run_train(args) -> int:
+    from ..engine.devices import resolve_device
     from ..training.loop import TrainConfig, train
 
+    resolve_device(args.device)
+    if args.validate_every > args.steps:
+        raise InputError(f"--validate-every {args.validate_every} is more than --steps {args.steps}: the model would "
+                         f"never be validated. Give a smaller interval.")
     if Path(args.output).exists() and not args.overwrite:
         raise OutputError(f"{args.output} exists already: use --overwrite to replace it, or choose another output.")
+    _check_outputs([Path(args.output)], _dataset_files(args.datasets))
+    _check_work_dir(args.work_dir)
     config = TrainConfig(datasets=args.datasets, output=args.output, work_dir=args.work_dir, tasks=args.tasks,
                          steps=args.steps, blocks_per_task=args.blocks_per_task, block=args.block,
                          learning_rate=args.lr, n_layers=args.layers, validate_every=args.validate_every,
@@ -94,16 +143,21 @@ def _run_evaluate(args) -> int:
     from ..engine.segmenter import Segmenter
 
     prefix = Path(args.report)
-    existing = [p for p in (prefix.with_suffix(".md"), prefix.with_suffix(".json")) if p.exists()]
+    reports = [prefix.with_suffix(".md"), prefix.with_suffix(".json")]
+    existing = [p for p in reports if p.exists()]
     if existing and not args.overwrite:
         raise OutputError(f"{existing[0]} exists already: use --overwrite or another --report.")
+    model_files = [Path(args.model)] if args.model else []
+    _check_outputs(reports, _dataset_files(args.datasets) + model_files)
     bundle = load_bundle(args.model)
     segmenter = Segmenter(bundle, device=args.device)
     class_names = [c.name for c in bundle.classes]
     cases = []
     for folder in args.datasets:
-        cases += prepare_dataset(load_dataset(folder), class_names, bundle.normalization, args.split,
-                                 bundle.target_spacing_mm)
+        dataset = load_dataset(folder)
+        prepared = prepare_dataset(dataset, class_names, bundle.normalization, args.split, bundle.target_spacing_mm)
+        check_labels_occur(dataset, prepared, class_names, args.split)
+        cases += prepared
     bar, progress = progress_bar("evaluate")
     with bar:
         results = evaluate_cases(bundle, cases, segmenter.device, segmenter.precision,
@@ -111,6 +165,32 @@ def _run_evaluate(args) -> int:
     write_report(results, bundle, prefix)
     print(prefix.with_suffix(".md").read_text())
     return EXIT_OK
+
+
+def check_labels_occur(dataset, prepared, class_names: Sequence[str], split: str) -> None:
+    """Refuse to evaluate a class of dataset.json that no labelmap of the split contains: its Dice
+    would compare against an empty reference (0 for any voxel predicted, 1 for none), a number
+    that says nothing about the model."""
+    if not prepared:
+        raise InputError(f"Dataset {dataset.name} has no labelled {split} cases to evaluate; use --split "
+                         f"{'training' if split == 'test' else 'test'} or add labelled cases.")
+    mapping = dataset.label_mapping(class_names)
+    present = set()
+    for case in prepared:
+        present.update(int(v) for v in _unique(case.labels))
+    absent = [(name, value) for name, value in dataset.labels.items()
+              if value != 0 and mapping.get(value) is not None and mapping[value] not in present]
+    if absent:
+        listed = ", ".join(f"{name!r} (value {value})" for name, value in absent)
+        raise InputError(f"Dataset {dataset.name}: the label(s) {listed} of {dataset.root / 'dataset.json'} occur in "
+                         f"none of its {len(prepared)} {split} labelmaps, so their Dice would be meaningless. "
+                         f"Remove them from dataset.json or evaluate on cases that contain them.")
+
+
+def _unique(labels):
+    import numpy as np
+
+    return np.flatnonzero(np.bincount(np.asarray(labels, dtype=np.uint8).ravel(), minlength=256))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,20 +209,20 @@ def _add_experiments(subparsers) -> None:
     parser.add_argument("--work-dir", required=True, help="one training folder per experiment")
     parser.add_argument("-o", "--report", help="Markdown report (default WORK_DIR/experiments.md); its figure "
                                                "and JSON go to the folder of the same name beside it")
-    parser.add_argument("--steps-per-task", type=int, default=1000, help="mini-batches per task (paper: 25000)")
-    parser.add_argument("--validate-every", type=int, default=100,
+    parser.add_argument("--steps-per-task", type=positive_int, default=1000, help="mini-batches per task (paper: 25000)")
+    parser.add_argument("--validate-every", type=positive_int, default=100,
                         help="validation interval in mini-batches per task (paper: 1000)")
-    parser.add_argument("--blocks-per-batch", type=int, default=6,
+    parser.add_argument("--blocks-per-batch", type=multiple_of_six, default=6,
                         help="dense blocks per mini-batch, split evenly over the tasks (a multiple of 6; default 6)")
-    parser.add_argument("--block", type=int, default=16, help="side of a dense block in voxels (default 16)")
-    parser.add_argument("--layers", type=int, default=25, help="conv layers (paper: 25)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--block", type=positive_int, default=16, help="side of a dense block in voxels (default 16)")
+    parser.add_argument("--layers", type=layer_count, default=25, help="conv layers (paper: 25)")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--experiments", type=int, nargs="+", choices=range(1, 8), metavar="N",
                         help="run only these experiments (default: 1 to 7)")
     parser.add_argument("--repeat", type=int, default=1, choices=range(0, 8), metavar="N",
                         help="experiment to train a second time with another seed (0: none; default 1, as the paper)")
-    parser.add_argument("--minutes-per-task", type=float, metavar="MINUTES",
+    parser.add_argument("--minutes-per-task", type=positive_float, metavar="MINUTES",
                         help="stop each run after this many minutes per task (a guard for a time budget)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
@@ -153,7 +233,15 @@ def _add_experiments(subparsers) -> None:
 def _run_experiments(args) -> int:
     from ..training.experiments import conclusions, run_experiments
 
+    from ..engine.devices import resolve_device
+
+    resolve_device(args.device)
+    if args.validate_every > args.steps_per_task:
+        raise InputError(f"--validate-every {args.validate_every} is more than --steps-per-task "
+                         f"{args.steps_per_task}: the runs would never be validated. Give a smaller interval.")
+    _check_work_dir(args.work_dir)
     report = Path(args.report) if args.report else Path(args.work_dir) / "experiments.md"
+    _check_outputs([report, report.with_suffix(".json")], _dataset_files(args.datasets))
     bar, progress = progress_bar("experiments")
     with bar:
         results = run_experiments(
