@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
-from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -37,16 +37,26 @@ from .progress import CancelCheck, ProgressCallback, check_cancel, report
 from .slab_sizing import HEAD_CHUNK_VOXELS, DenseOptions, foreground_box, planes_per_batch_for, slab_thickness
 
 Box = Tuple[int, int, int, int, int, int]  # z0, z1, y0, y1, x0, x1 (half-open), unpadded coordinates
+Volume3D = Union[np.ndarray, torch.Tensor]  # (z, y, x): on the host, or on the device (the device path)
 
 
-def _crop_with_zeros(volume: np.ndarray, box: Box, halo: int, device: torch.device) -> torch.Tensor:
+def _crop_with_zeros(volume: Volume3D, box: Box, halo: int, device: torch.device) -> torch.Tensor:
     """The box plus ``halo`` on every side, zeros outside the volume, as a float32 tensor on ``device``.
 
-    Replaces a zero-padded copy of the whole volume: only one slab's input exists at a time.
+    Replaces a zero-padded copy of the whole volume: only one slab's input exists at a time. A
+    volume that is a tensor already (the device path) is cropped where it lies.
     """
     z0, z1, y0, y1, x0, x1 = box
-    window = crop_with_zeros(volume, (z0 - halo, y0 - halo, x0 - halo),
-                             (z1 - z0 + 2 * halo, y1 - y0 + 2 * halo, x1 - x0 + 2 * halo))
+    start = (z0 - halo, y0 - halo, x0 - halo)
+    size = (z1 - z0 + 2 * halo, y1 - y0 + 2 * halo, x1 - x0 + 2 * halo)
+    if isinstance(volume, torch.Tensor):
+        window = torch.zeros(size, dtype=torch.float32, device=volume.device)
+        source = tuple(slice(max(s, 0), min(s + n, total)) for s, n, total in zip(start, size, volume.shape))
+        if all(part.stop > part.start for part in source):
+            target = tuple(slice(part.start - s, part.stop - s) for part, s in zip(source, start))
+            window[target] = volume[source]
+        return window
+    window = crop_with_zeros(volume, start, size)
     return torch.from_numpy(window.astype(np.float32, copy=False)).to(device)
 
 
@@ -105,7 +115,7 @@ class SlabBox(NamedTuple):
     y1: int
     x0: int
     x1: int
-    mask: Optional[np.ndarray] = None  # (z1-z0, y1-y0, x1-x0) bool; None: every voxel of the box
+    mask: Optional[Volume3D] = None  # (z1-z0, y1-y0, x1-x0) bool; None: every voxel of the box
 
     def split(self) -> Tuple["SlabBox", "SlabBox"]:
         """Two halves along z (to retry a slab that did not fit in memory)."""
@@ -117,9 +127,10 @@ class SlabBox(NamedTuple):
                 SlabBox(middle, self.z1, self.y0, self.y1, self.x0, self.x1, second_mask))
 
 
-def slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: Box, options: DenseOptions,
+def slab_probabilities(model: TriplanarCNN, volume: Volume3D, box: Box, options: DenseOptions,
                        device: torch.device) -> torch.Tensor:
-    """uint8 probabilities (z, y, x, C) on the CPU for the target voxels in ``box``, by the prepared ``model``.
+    """uint8 probabilities (z, y, x, C) for the target voxels in ``box``, by the prepared ``model``:
+    on the CPU for a host ``volume``, on ``device`` for a tensor (the device path).
 
     With a ``SlabBox`` carrying a mask, only the mask's voxels are classified (the paper's sample
     rule); the others get background with probability 1, like everything outside the slab's box. On
@@ -130,9 +141,11 @@ def slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: Box, option
     dtype = model.head[0].weight.dtype  # the features' dtype; the input stays fp32 (FullPrecisionInput)
     z0, z1, y0, y1, x0, x1 = box[:6]
     sample = box.mask if isinstance(box, SlabBox) else None
+    on_device = isinstance(volume, torch.Tensor)
     # On GPUs one box per slab: cuDNN autotunes per input shape (benchmark mode), and varying plane-group
-    # boxes would retune for every group; equal slabs repeat the same few shapes.
-    groups_mask = sample if device.type != "cuda" else None
+    # boxes would retune for every group; equal slabs repeat the same few shapes. The device path
+    # follows that rule wherever it runs.
+    groups_mask = sample if device.type != "cuda" and not on_device else None
     dz, dy, dx = z1 - z0, y1 - y0, x1 - x0
     crop = _crop_with_zeros(volume, (z0, z1, y0, y1, x0, x1), h, device)
     features = torch.zeros((dz, dy, dx, 3 * f), dtype=dtype, device=device)
@@ -150,15 +163,20 @@ def slab_probabilities(model: TriplanarCNN, volume: np.ndarray, box: Box, option
                        planes_per_batch_for(options, model.arch, dz + 2 * h, dy + 2 * h, itemsize, device), cl, after_group)
     del crop
     flat = features.reshape(-1, 3 * f)
-    out = torch.zeros((dz * dy * dx, model.arch.num_classes), dtype=torch.uint8)
+    out_device = device if on_device else torch.device("cpu")
+    out = torch.zeros((dz * dy * dx, model.arch.num_classes), dtype=torch.uint8, device=out_device)
     out[:, 0] = 255
     # Equal-sized chunks of the samples: every distinct row count would build (and cache) new oneDNN
     # matmul kernels, which grew the heap by ~1.4 MB per chunk when chunks followed the mask.
-    samples = (torch.arange(flat.shape[0]) if sample is None
-               else torch.from_numpy(np.flatnonzero(sample).astype(np.int32)))
+    if sample is None:
+        samples = torch.arange(flat.shape[0], device=out_device)
+    elif on_device:
+        samples = torch.nonzero(sample.reshape(-1)).flatten()
+    else:
+        samples = torch.from_numpy(np.flatnonzero(sample).astype(np.int32))
     for start in range(0, samples.shape[0], HEAD_CHUNK_VOXELS):
         rows = samples[start:start + HEAD_CHUNK_VOXELS]
-        out[rows] = _head_probabilities(model, flat[rows.to(device)]).cpu()
+        out[rows] = _head_probabilities(model, flat[rows.to(device)]).to(out_device)
     return out.reshape(dz, dy, dx, -1)
 
 
@@ -269,4 +287,50 @@ def dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Optional[
         cpu_options = replace(options, memory_budget_bytes=0, channels_last=True)
         for z0, z1, slab in iter_dense_probabilities(cpu_model, volume, mask, "cpu", cpu_options, progress, cancel):
             out[:, z0:z1] = slab
+    return out
+
+
+def _tensor_box(mask: torch.Tensor) -> Optional[Tuple[int, int, int, int]]:
+    """``slab_sizing.foreground_box`` of a (z, y, x) bool tensor, computed where it lies."""
+    rows = torch.nonzero(mask.any(dim=2).any(dim=0)).flatten()
+    if rows.numel() == 0:
+        return None
+    cols = torch.nonzero(mask.any(dim=1).any(dim=0)).flatten()
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def dense_probabilities_on_device(model: TriplanarCNN, volume: torch.Tensor, mask: torch.Tensor,
+                                  options: DenseOptions = DenseOptions(), progress: Optional[ProgressCallback] = None,
+                                  cancel: Optional[CancelCheck] = None) -> torch.Tensor:
+    """Whole-volume uint8 probabilities (C, Z, Y, X) of a normalised (Z, Y, X) tensor, kept on its device.
+
+    The device path's dense pass (``device_segmentation``): ``iter_dense_probabilities`` with
+    ``volume`` and the bool ``mask`` of the voxels to classify on the device the prepared ``model``
+    is on, and nothing coming back to the host. A slab that runs out of memory is split and retried;
+    when even one-plane slabs do not fit, the error goes to the caller.
+    """
+    device = volume.device
+    if not is_prepared(model):
+        raise ValueError("the device path runs a model prepared by prepared_model.inference_model")
+    options = replace(options, precision=model.inference_precision)
+    num_classes = model.arch.num_classes
+    z_total, y_total, x_total = volume.shape
+    out = torch.zeros((num_classes, z_total, y_total, x_total), dtype=torch.uint8, device=device)
+    out[0] = 255
+    whole_box = _tensor_box(mask)
+    box_shape = (whole_box[1] - whole_box[0], whole_box[3] - whole_box[2]) if whole_box else (1, 1)
+    thickness = slab_thickness(tuple(volume.shape), num_classes, options, model.arch.n_filters, box_shape, device)
+    with torch.inference_mode():
+        for z0 in range(0, z_total, thickness):
+            check_cancel(cancel)
+            z1 = min(z_total, z0 + thickness)
+            box = _tensor_box(mask[z0:z1])
+            if box is not None:
+                y0, y1, x0, x1 = box
+                slab_box = SlabBox(z0, z1, y0, y1, x0, x1, mask[z0:z1, y0:y1, x0:x1])
+                probs = _slab_with_retries(lambda b: slab_probabilities(model, volume, b, options, device),
+                                           slab_box, device)
+                out[:, z0:z1, y0:y1, x0:x1] = probs.permute(3, 0, 1, 2)
+                del probs
+            report(progress, z1 / z_total, "Running the network")
     return out
