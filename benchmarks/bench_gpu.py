@@ -1,18 +1,21 @@
-"""GPU speed and memory (CUDA), side by side in one run, on the same volumes as the CPU benchmarks.
+"""GPU speed and memory (CUDA) in one run, on the same volumes as the CPU benchmarks, every path
+against its FLOP bound measured in the same run.
 
-* the attainable rate: large fp16, bf16 and fp32 matrix products on this GPU;
-* the brain (the skull-stripped MNI152 T1 file, as bench_inference) end to end from the file with
-  Segmenter on the GPU, at fp16 (what it picks), bf16 and fp32; the first run (kernels chosen) and
-  the best of the next ones, the peak GPU memory, and the conv stack's achieved rate; fp16 once
-  more with cuDNN's autotuning on, whose search the first run pays;
-* the paper's per-voxel patch formulation on the GPU (fp32 as trained, and with the inference
-  settings), timed on random brain voxels and extrapolated, so dense / patch is a ratio on one GPU;
-* a CTA-sized volume (512 x 512 x 300, as bench_memory) end to end: seconds and peak GPU memory;
-* training: voxel-samples per second of dense blocks (as training.py) against isolated patches.
+* the attainable rates: large fp16, bf16 and fp32 matrix products (the bound) and one conv layer;
+* the brain (the skull-stripped MNI152 T1 file, as bench_inference) end to end in this process:
+  ``Segmenter.predict`` from the file at fp16 (Segmenter's choice), bf16 and fp32, the first run
+  (cold: kernels chosen) and the best later one (warm), peak GPU memory; then the same steps one by
+  one (inference_worker.stages) with the conv stack timed; fp16 once more with cuDNN's autotuning,
+  whose search the first run pays;
+* the whole ``multitaskseg segment`` command on the brain, as a fresh process: cold and again;
+* the paper's per-voxel patch formulation on the GPU (fp32 as trained, and fp16 prepared);
+* a CTA-sized volume (512 x 512 x 300, as bench_memory) end to end;
+* training: dense blocks against isolated patches (bench_training's measurement, larger batches).
 
-    python benchmarks/bench_gpu.py [--input data/Dataset001_BrainAtlas/imagesTr/mni152_0000.nii.gz]
+    python benchmarks/bench_gpu.py [--input brain.nii.gz] [--repeats 2] [--smoke] [--results DIR]
 
-Writes benchmarks/results/gpu.json (or --output). make bench runs it where a GPU is.
+Writes <results>/gpu.json. Without a GPU it stops, except with --smoke, which runs every step on the
+CPU on tiny inputs (so CI checks this script although it has no GPU).
 """
 
 from __future__ import annotations
@@ -26,131 +29,57 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import instrument_conv_stack  # noqa: E402
-from bench_memory import cta_sized_volume  # noqa: E402
-from common import RESULTS, machine_state, matmul_flops_per_second, model_bundle, peak_rss_bytes  # noqa: E402
+from bench_inference import brain, whole_command  # noqa: E402
+from bench_memory import SMOKE_SHAPE, cta_sized_volume  # noqa: E402
+from bench_training import training_throughput  # noqa: E402
+from common import (add_common_arguments, attainable_rates, conv_flop_bound, finish_machine_state,  # noqa: E402
+                    machine_state, model_bundle, patch_formulation, peak_rss_bytes, refresh_flop_bounds,
+                    write_result)
+from inference_worker import prepared_and_timed, segment, stages  # noqa: E402
 
-from MultiTaskSegLib.engine.devices import autocast  # noqa: E402
-
-from MultiTaskSegLib.engine.network import crops_logits, extract_patches, pad_volume  # noqa: E402
-
-from MultiTaskSegLib.engine.prepared_model import inference_model  # noqa: E402
-from MultiTaskSegLib.engine.network import Architecture, TriplanarCNN  # noqa: E402
-from MultiTaskSegLib.engine.normalization import normalize  # noqa: E402
-from MultiTaskSegLib.engine.segmenter import Segmenter  # noqa: E402
+from MultiTaskSegLib.engine.bundle import load_bundle  # noqa: E402
+from MultiTaskSegLib.engine.devices import default_precision  # noqa: E402
 from MultiTaskSegLib.engine.image_reading import read_volume  # noqa: E402
 from MultiTaskSegLib.engine.image_writing import write_volume  # noqa: E402
-
-CUDA = torch.device("cuda")
-
-
-def timed(fn) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
+from MultiTaskSegLib.engine.network import Architecture  # noqa: E402
+from MultiTaskSegLib.engine.normalization import normalize  # noqa: E402
+from MultiTaskSegLib.engine.segmenter import Segmenter  # noqa: E402
 
 
-def end_to_end(bundle, path: Path, precision: str, repeats: int, autotune: bool = False) -> dict:
-    """Seconds from the file to the labelmap; run 0 includes choosing the kernels (with ``autotune``,
-    cuDNN's search over them: Segmenter leaves it off)."""
-    torch.backends.cudnn.benchmark = autotune
-    segmenter = Segmenter(bundle, device="cuda", precision=precision)
-    seconds, labels = [], None
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def gpu_peak(device: torch.device):
+    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+
+
+def end_to_end(model_file: Path, path: Path, device: torch.device, precision: str, repeats: int, rates: dict,
+               autotune: bool = False) -> dict:
+    """Cold and warm ``Segmenter.predict`` from the file, then one stage-by-stage run for the conv stack."""
+    torch.backends.cudnn.benchmark = autotune  # Segmenter leaves it off; on, the first run pays the search
+    segmenter = Segmenter(load_bundle(model_file), device=str(device), precision=precision)
+    runs = []
     for _ in range(1 + repeats):
-        torch.cuda.reset_peak_memory_stats()
-
-        def run():
-            nonlocal labels
-            labels = segmenter.predict(read_volume(path)).labelmap()
-        seconds.append(timed(run))
-    peak = torch.cuda.max_memory_allocated()
-    conv = instrument_conv_stack(segmenter.inference_model)  # a last run, synchronised per call, for the rate
-    segmenter.predict(read_volume(path))
+        reset_peak(device)
+        runs.append(segment(segmenter, path))
+        print(f"  {precision}{' autotuned' if autotune else ''}: {runs[-1]['seconds_end_to_end']:.2f} s", flush=True)
+    peak = gpu_peak(device)
+    staged = stages(segmenter, *prepared_and_timed(segmenter), path)
+    torch.backends.cudnn.benchmark = False
+    warm = min(runs[1:], key=lambda run: run["seconds_end_to_end"])
+    flops = staged["conv_stack_flops"]
     return {"precision": segmenter.precision, "cudnn_autotune": autotune,
-            "seconds_first_run": seconds[0], "seconds": min(seconds[1:]),
-            "voxels": int(labels.size), "gpu_peak_bytes": peak, "seconds_conv_stack": conv["seconds"],
-            "conv_stack_flops": conv["flops"], "label_counts": np.bincount(labels.ravel()).tolist()}
-
-
-def patch_formulation(model, image: np.ndarray, mask: np.ndarray, n: int, fast: bool, batch: int = 1024) -> dict:
-    """Seconds per voxel of the per-voxel formulation on ``n`` random brain voxels."""
-    rng = np.random.default_rng(0)
-    voxels = np.argwhere(mask)
-    centres = torch.as_tensor(voxels[rng.choice(len(voxels), size=n, replace=False)], device=CUDA)
-    net = inference_model(model, "fp16", CUDA, channels_last=True) if fast else model.eval().to(CUDA)
-    padded = pad_volume(torch.from_numpy(image).to(CUDA), model.arch.halo)
-
-    def classify(chosen):
-        with torch.inference_mode():
-            for start in range(0, len(chosen), batch):
-                patches = extract_patches(padded, chosen[start:start + batch], model.arch.halo)
-                if fast:
-                    patches = [p.contiguous(memory_format=torch.channels_last) for p in patches]
-                net(*patches)
-
-    classify(centres[:batch])  # warm-up at the timed batch shape
-    per_voxel = timed(lambda: classify(centres)) / n
-    return {"timed_voxels": n, "batch": batch, "seconds_per_voxel": per_voxel,
-            "extrapolated_seconds_for_brain": per_voxel * int(mask.sum()),
-            "settings": "folded BN, fp16, channels-last" if fast else "network as trained, fp32"}
-
-
-def training_throughput(steps: int = 5) -> dict:
-    """Voxel-samples per second, bf16 autocast, batch norm and dropout as in training (which turns
-    cuDNN's autotuning on: its steps repeat one shape)."""
-    torch.backends.cudnn.benchmark = True
-    rng = np.random.default_rng(0)
-    halo, classes = Architecture().halo, 9
-    out = {}
-
-    def measure(name, step, samples):
-        for _ in range(2):
-            step()  # cuDNN's kernel search
-        seconds = timed(lambda: [step() for _ in range(steps)]) / steps
-        out[name] = {"samples_per_step": samples, "seconds_per_step": seconds,
-                     "voxel_samples_per_second": samples / seconds}
-
-    volume = pad_volume(torch.from_numpy(rng.normal(0.5, 0.3, (80, 80, 80)).astype(np.float32)).to(CUDA), halo)
-    for batch in (210, 4096):  # the paper's mini-batch, and one large enough to fill the GPU
-        model = TriplanarCNN(Architecture(num_classes=classes)).to(CUDA).train()
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-        centres = torch.from_numpy(rng.integers(0, 80, size=(batch, 3))).to(CUDA)
-        labels = torch.from_numpy(rng.integers(0, classes, size=batch)).to(CUDA)
-
-        def patch_step():
-            patches = [p.contiguous(memory_format=torch.channels_last) for p in extract_patches(volume, centres, halo)]
-            with autocast(CUDA, "bf16"):
-                logits = model(*patches)[:, :, 0, 0]
-            loss = nn.functional.cross_entropy(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        measure(f"isolated_patches_batch_{batch}", patch_step, batch)
-
-    block, blocks = 24, 24  # as the shipped model's GPU training: 8 blocks per task, 3 tasks
-    model = TriplanarCNN(Architecture(num_classes=classes)).to(CUDA).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    crops = torch.from_numpy(rng.normal(0.5, 0.3, (blocks,) + (block + 2 * halo,) * 3).astype(np.float32)).to(CUDA)
-    block_labels = torch.from_numpy(rng.integers(0, classes, size=(blocks,) + (block,) * 3)).to(CUDA)
-
-    def block_step():
-        with autocast(CUDA, "bf16"):
-            logits = crops_logits(model, crops, planes_per_batch=4096, channels_last=True)
-        loss = nn.functional.cross_entropy(logits.float().permute(0, 2, 1, 3, 4), block_labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    torch.cuda.reset_peak_memory_stats()
-    measure("dense_blocks", block_step, blocks * block ** 3)
-    out["dense_blocks"]["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
-    out["dense_over_patches_batch_210"] = (out["dense_blocks"]["voxel_samples_per_second"]
-                                           / out["isolated_patches_batch_210"]["voxel_samples_per_second"])
-    return out
+            "seconds_first_run": runs[0]["seconds_end_to_end"], "seconds": warm["seconds_end_to_end"],
+            "seconds_all_runs": [run["seconds_end_to_end"] for run in runs], "voxels": warm["voxels"],
+            "gpu_peak_bytes": peak, "label_counts": warm["label_counts"],
+            "stages_match_segmenter": staged["labels_sha1"] == warm["labels_sha1"], "stages": staged,
+            "flop_bound": conv_flop_bound(flops, warm["seconds_end_to_end"], rates, segmenter.precision),
+            "first_run_flop_bound": conv_flop_bound(flops, runs[0]["seconds_end_to_end"], rates, segmenter.precision),
+            "conv_stack_flop_bound": conv_flop_bound(flops, staged["seconds_conv_stack"], rates, segmenter.precision)}
 
 
 def main() -> None:
@@ -159,78 +88,92 @@ def main() -> None:
                         "wheel, as bench_inference reads it)")
     parser.add_argument("--patch-voxels", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--output", default=str(RESULTS / "gpu.json"))
+    add_common_arguments(parser)
     args = parser.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("bench_gpu.py needs a CUDA GPU; the CPU figures come from make bench.")
+    if not torch.cuda.is_available() and not args.smoke:
+        sys.exit("bench_gpu.py needs a CUDA GPU (--smoke runs it on the CPU); the CPU figures come from make bench.")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
         if args.input is None:
-            from MultiTaskSegLib.data.brain_templates import mni152_brain_case
+            args.input = str(write_volume(brain(args.smoke), tmp / "mni152.nii.gz"))
+        bundle, model_note = model_bundle(smoke=args.smoke)
+        model_file = bundle.save(tmp / "model.safetensors")
+        result = run(args, device, bundle, model_note, model_file, tmp)
+    write_result("gpu", result, args.results)
 
-            args.input = str(write_volume(mni152_brain_case()[0], Path(tmp) / "mni152.nii.gz"))
-        run(args)
 
-
-def run(args) -> None:
-    result = {"benchmark": "gpu", "machine": machine_state(), "gpu": torch.cuda.get_device_name(0)}
-    result["attainable_flops_per_second"] = {
-        name: matmul_flops_per_second(dtype, size=8192, repeats=5, device="cuda")
-        for name, dtype in (("fp16_matmul", torch.float16), ("bf16_matmul", torch.bfloat16),
-                            ("fp32_matmul", torch.float32))}
-    bundle, model_note = model_bundle()
+def run(args, device: torch.device, bundle, model_note: str, model_file: Path, tmp: Path) -> dict:
+    smoke = args.smoke
+    started = time.perf_counter()
+    result = {"benchmark": "gpu", "smoke": smoke, "machine": machine_state(0 if smoke else 1.0),
+              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "device": str(device)}
+    cuda = device.type == "cuda"
+    fastest = default_precision(device)
+    # a smoke run on the CPU checks each step once: Segmenter's precision only, no cuDNN autotuning
+    precisions = ["fp16", "bf16", "fp32"] if cuda else [fastest] if smoke else [fastest, "fp32"]
+    rates = attainable_rates(device, smoke, dtypes=("fp16", "bf16", "fp32") if cuda else ("bf16", "fp32"))
     result["model"] = model_note
-    brain = read_volume(args.input)
-    mask = brain.array > 0
-    result["volume"] = {"file": Path(args.input).name, "shape": list(mask.shape), "voxels": int(mask.size),
+    image_file = Path(args.input)
+    volume = read_volume(image_file)
+    mask = volume.array > 0
+    result["volume"] = {"file": image_file.name, "shape": list(mask.shape), "voxels": int(mask.size),
                         "brain_voxels": int(mask.sum())}
+    repeats = 1 if smoke else args.repeats
 
     print("brain end to end ...", flush=True)
-    result["end_to_end"] = {p: end_to_end(bundle, Path(args.input), p, args.repeats) for p in ("fp16", "bf16", "fp32")}
-    # the same with cuDNN's autotuning (a new process would be cleaner; the kernels found for fp16
-    # above are not reused: autotuning searches its own)
-    result["end_to_end_autotuned"] = {"fp16": end_to_end(bundle, Path(args.input), "fp16", args.repeats, autotune=True)}
-    for entry in list(result["end_to_end"].values()) + list(result["end_to_end_autotuned"].values()):
-        entry["volume_voxels_per_second"] = entry["voxels"] / entry["seconds"]
-        rate = entry["conv_stack_flops"] / max(1e-9, entry["seconds_conv_stack"])
-        peak = result["attainable_flops_per_second"][f"{entry['precision']}_matmul"]
-        entry["conv_stack_fraction_of_attainable"] = rate / peak
-        entry["conv_stack_flops_per_second"] = rate
+    result["end_to_end"] = {p: end_to_end(model_file, image_file, device, p, repeats, rates) for p in precisions}
+    result["end_to_end_autotuned"] = {} if smoke and not cuda else {
+        fastest: end_to_end(model_file, image_file, device, fastest, repeats, rates, autotune=True)}
+    if not smoke:  # bench_inference's smoke run checks the command on the CPU
+        print("the whole command ...", flush=True)
+        result["whole_command"] = whole_command(image_file, model_file, 2, tmp, str(device))
+        result["whole_command"]["flop_bound"] = conv_flop_bound(
+            result["end_to_end"][fastest]["flop_bound"]["conv_flops"], result["whole_command"]["seconds"], rates, fastest)
 
     print("patch formulation ...", flush=True)
-    image = normalize(brain.array, "MR", bundle.normalization).astype(np.float32)
-    result["patch"] = {"fp32": patch_formulation(bundle.model, image, mask, args.patch_voxels, fast=False),
-                       "fast_settings": patch_formulation(bundle.model, image, mask, args.patch_voxels, fast=True)}
+    image = normalize(volume.array, "MR", bundle.normalization)
+    n, batch = (8, 8) if smoke else (args.patch_voxels, 1024)
+    result["patch"] = {"fp32": patch_formulation(bundle.model, image, mask, n, device, batch=batch, rounds=1),
+                       "fast": patch_formulation(bundle.model, image, mask, n, device, fastest, batch=batch, rounds=1)}
     for entry in result["patch"].values():
-        entry["volume_voxels_per_second"] = mask.size / entry["extrapolated_seconds_for_brain"]
+        entry["flop_bound"] = conv_flop_bound(entry["conv_flops_per_voxel"] * int(mask.sum()),
+                                              entry["extrapolated_seconds"], rates, entry["precision"])
 
     print("CTA-sized volume ...", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "cta.nrrd"
-        write_volume(cta_sized_volume(), path)
-        result["cta_512x512x300"] = end_to_end(bundle, path, "fp16", repeats=1)
-    result["cta_512x512x300"]["process_peak_rss_bytes"] = peak_rss_bytes()
+    cta_file = write_volume(cta_sized_volume(SMOKE_SHAPE if smoke else (300, 512, 512), coarse=smoke), tmp / "cta.nrrd")
+    result["cta"] = end_to_end(model_file, cta_file, device, fastest, 1, rates)
+    result["cta"]["shape"] = list(SMOKE_SHAPE) if smoke else [300, 512, 512]
+    result["cta"]["process_peak_rss_bytes"] = peak_rss_bytes()
 
     print("training throughput ...", flush=True)
-    result["training"] = training_throughput()
+    arch = Architecture(num_classes=9, n_layers=bundle.model.arch.n_layers)
+    result["training"] = training_throughput(device, arch, [8] if smoke else [210, 4096], 4 if smoke else 24,
+                                             3 if smoke else 24, 1 if smoke else 5,
+                                             default_precision(device, training=True))
 
-    fastest = result["end_to_end"]["fp16"]
+    result["attainable_flops_per_second"] = attainable_rates(device, smoke, dtypes=tuple(
+        key.split("_")[0] for key in rates if key.endswith("_matmul")), previous=rates)
+    refresh_flop_bounds(result, result["attainable_flops_per_second"])
+    finish_machine_state(result["machine"], 0 if smoke else 1.0)
+    best = result["end_to_end"][fastest]
     result["summary"] = {
-        "brain_end_to_end_seconds": fastest["seconds"],
-        "brain_first_run_seconds": fastest["seconds_first_run"],
-        "brain_first_run_seconds_autotuned": result["end_to_end_autotuned"]["fp16"]["seconds_first_run"],
-        "fastest_over_patch_fp32": fastest["volume_voxels_per_second"]
-        / result["patch"]["fp32"]["volume_voxels_per_second"],
-        "fastest_over_patch_same_settings": fastest["volume_voxels_per_second"]
-        / result["patch"]["fast_settings"]["volume_voxels_per_second"],
-        "dense_fp32_over_patch_fp32": result["end_to_end"]["fp32"]["volume_voxels_per_second"]
-        / result["patch"]["fp32"]["volume_voxels_per_second"],
-        "fastest_conv_fraction_of_attainable": fastest["conv_stack_fraction_of_attainable"],
-        "cta_seconds": result["cta_512x512x300"]["seconds"],
-        "cta_gpu_peak_gib": result["cta_512x512x300"]["gpu_peak_bytes"] / 2 ** 30,
-        "training_dense_over_patches": result["training"]["dense_over_patches_batch_210"],
+        "precision": fastest,
+        "brain_end_to_end_seconds": best["seconds"], "brain_first_run_seconds": best["seconds_first_run"],
+        "brain_times_flop_bound": best["flop_bound"]["times_flop_bound"],
+        "conv_stack_share_of_attainable": 1 / best["conv_stack_flop_bound"]["times_flop_bound"],
+        "brain_first_run_seconds_autotuned": result["end_to_end_autotuned"].get(fastest, {}).get("seconds_first_run"),
+        "whole_command_seconds": result.get("whole_command", {}).get("seconds"),
+        "fastest_over_patch_fp32": result["patch"]["fp32"]["extrapolated_seconds"] / best["seconds"],
+        "cta_seconds": result["cta"]["seconds"], "cta_gpu_peak_bytes": result["cta"]["gpu_peak_bytes"],
+        "training_dense_over_patches": result["training"]["dense_over_patches"],
+        "stages_match_segmenter": all(e["stages_match_segmenter"] for e in result["end_to_end"].values()),
     }
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    result["seconds_whole_benchmark"] = time.perf_counter() - started
     print(json.dumps(result["summary"], indent=2))
+    if not result["summary"]["stages_match_segmenter"]:
+        print("warning: inference_worker.stages gave another labelmap than Segmenter.predict", flush=True)
+    return result
 
 
 if __name__ == "__main__":

@@ -3,9 +3,13 @@
 The volume is the cardiac CTA phantom (Hounsfield units, int16) zoomed to 300 x 512 x 512 voxels
 at 0.45 mm isotropic spacing, written to an NRRD file; a child process reads it and runs
 ``Segmenter.predict`` and the labelmap, and reports its own peak resident memory (ru_maxrss,
-which counts torch's allocations too). The goal: within 4 GB.
+which counts torch's allocations too). The target: within 2 GB.
 
-    .venv/bin/python benchmarks/bench_memory.py [--layers 25] [--shape 300 512 512]
+Memory does not depend on the network's depth (features, head and slabs are sized by its width and
+classes), so make bench measures it with 2 conv layers (the 25-layer network takes ~25 min at this
+size on 2 cores); only the deeper network's 25-voxel slab context is missing.
+
+    .venv/bin/python benchmarks/bench_memory.py [--layers 25] [--shape 300 512 512] [--smoke] [--results DIR]
 """
 
 from __future__ import annotations
@@ -21,21 +25,27 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_state, model_bundle, peak_rss_bytes, run_child, write_result  # noqa: E402
+from common import (add_common_arguments, finish_machine_state, machine_state, model_bundle, peak_rss_bytes,  # noqa: E402
+                    run_child, write_result)
 
 SHAPE = (300, 512, 512)
+SMOKE_SHAPE = (12, 48, 48)
 SPACING_MM = 0.45
-LIMIT_BYTES = 4 * 10 ** 9
+TARGET_BYTES = 2 * 10 ** 9  # the speed issue's target for the CPU (it was 4 GB before)
 
 
-def cta_sized_volume(shape=SHAPE):
-    """The cardiac phantom's anatomy zoomed to ``shape`` (linear interpolation), in int16 HU."""
+def cta_sized_volume(shape=SHAPE, coarse: bool = False):
+    """The cardiac phantom's anatomy zoomed to ``shape`` (linear interpolation), in int16 HU.
+
+    ``coarse``: the phantom drawn at 1/4 of its resolution over the same field of view (a smoke run).
+    """
     from scipy import ndimage
 
     from MultiTaskSegLib.engine.geometry import Volume
-    from MultiTaskSegLib.data.phantoms import cardiac_cta_phantom
+    from MultiTaskSegLib.data.phantoms import CARDIAC_SHAPE, CARDIAC_SPACING_MM, cardiac_cta_phantom
 
-    phantom = cardiac_cta_phantom(0)[0]
+    reduction = 4 if coarse else 1
+    phantom = cardiac_cta_phantom(0, [n // reduction for n in CARDIAC_SHAPE], CARDIAC_SPACING_MM * reduction)[0]
     factors = [n / s for n, s in zip(shape, phantom.array.shape)]
     array = ndimage.zoom(phantom.array.astype(np.float32), factors, order=1).astype(np.int16)
     return Volume(array, (SPACING_MM,) * 3, (0.0, 0.0, 0.0), np.eye(3))
@@ -72,16 +82,20 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=25,
                         help="conv layers of the model (25 = the paper's); memory does not depend on it, time does")
     parser.add_argument("--shape", type=int, nargs=3, default=list(SHAPE), help="z y x (smaller: a quick check)")
+    add_common_arguments(parser)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    if args.smoke:
+        args.shape = list(SMOKE_SHAPE)
 
     from MultiTaskSegLib.engine.image_writing import write_volume
 
-    result = {"benchmark": "memory", "machine": machine_state(), "limit_bytes": LIMIT_BYTES}
-    bundle, model_note = model_bundle(args.layers)
+    result = {"benchmark": "memory", "smoke": args.smoke, "machine": machine_state(0 if args.smoke else 1.0),
+              "target_bytes": TARGET_BYTES}
+    bundle, model_note = model_bundle(args.layers, args.smoke)
     print("building the CTA-sized volume ...", flush=True)
-    volume = cta_sized_volume(tuple(args.shape))
+    volume = cta_sized_volume(tuple(args.shape), coarse=args.smoke)
     result.update({"model": model_note, "volume": {"shape": list(args.shape), "spacing_mm": SPACING_MM,
                                                    "dtype": str(volume.array.dtype),
                                                    "voxels_above_0": int((volume.array > 0).sum()),
@@ -96,9 +110,10 @@ def main() -> None:
                           timeout=1800)
     result["segment"] = child
     result["peak_rss_gib"] = child["peak_rss_bytes"] / 2 ** 30
-    result["within_limit"] = child["peak_rss_bytes"] <= LIMIT_BYTES
-    print(json.dumps({k: result[k] for k in ("segment", "peak_rss_gib", "within_limit")}, indent=2))
-    print(f"written {write_result('memory', result)}")
+    result["within_target"] = child["peak_rss_bytes"] <= TARGET_BYTES
+    finish_machine_state(result["machine"], 0 if args.smoke else 1.0)
+    print(json.dumps({k: result[k] for k in ("segment", "peak_rss_gib", "within_target")}, indent=2))
+    write_result("memory", result, args.results)
 
 
 if __name__ == "__main__":

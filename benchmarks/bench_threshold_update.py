@@ -4,19 +4,23 @@ Runs outside Slicer with the slicer-core wheel: a real vtkMRMLScene, volume and 
 node. The network is replaced by synthetic 9-class probability maps (a threshold change never
 runs it). Prints one JSON object; no assertions.
 
-    .venv/bin/python benchmarks/bench_threshold_update.py [--size 256] [--repeats 10]
+    .venv/bin/python benchmarks/bench_threshold_update.py [--size 256] [--repeats 10] [--smoke] [--results DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import slicer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_common_arguments, finish_machine_state, machine_state, write_result  # noqa: E402
 
 from MultiTaskSegLib.slicer.logic import MultiTaskSegLogic
 from MultiTaskSegLib.engine.classes import DEFAULT_CLASSES
@@ -46,7 +50,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=10)
+    add_common_arguments(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.size, args.repeats = 32, 1
+    machine = machine_state(0 if args.smoke else 1.0)
     shape = (args.size,) * 3
 
     scene = slicer.vtkMRMLScene()
@@ -71,8 +79,9 @@ def main() -> None:
         logic.update_thresholds(segmentationNode, thresholds)
         update_s.append(time.perf_counter() - start)
 
-    print(json.dumps({
-        "benchmark": "threshold_update",
+    finish_machine_state(machine, 0 if args.smoke else 1.0)
+    result = {
+        "benchmark": "threshold_update", "smoke": args.smoke, "machine": machine,
         "shape_zyx": list(shape),
         "classes": len(DEFAULT_CLASSES),
         "segments": segmentationNode.GetSegmentation().GetNumberOfSegments(),
@@ -81,8 +90,9 @@ def main() -> None:
         "update_median_s": round(statistics.median(update_s), 4),
         "update_max_s": round(max(update_s), 4),
         "of_which_labelmap_rule_median_s": round(statistics.median(labelmap_s), 4),
-        "machine": platform.processor() or platform.machine(),
-    }, indent=2))
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+    write_result("threshold_update", result, args.results)
 
 
 if __name__ == "__main__":

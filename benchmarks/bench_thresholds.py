@@ -4,17 +4,21 @@ Default: 9 classes on 300 x 512 x 512 voxels (707 MB of uint8 probabilities), al
 selected, so both thresholded classes take part. Measures the first labelmap (includes the
 cached argmax step) and then labelmaps after threshold changes (only the threshold step).
 
-    python benchmarks/bench_thresholds.py [--shape 300 512 512] [--repeats 5]
+    .venv/bin/python benchmarks/bench_thresholds.py [--shape 300 512 512] [--repeats 5] [--smoke] [--results DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_common_arguments, finish_machine_state, machine_state, write_result  # noqa: E402
 
 from MultiTaskSegLib.engine.classes import DEFAULT_CLASSES
 from MultiTaskSegLib.engine.labelmap_rule import ProbabilityMaps
@@ -33,7 +37,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=(300, 512, 512), metavar=("Z", "Y", "X"))
     parser.add_argument("--repeats", type=int, default=5)
+    add_common_arguments(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.shape, args.repeats = (8, 32, 32), 1
+    machine = machine_state(0 if args.smoke else 1.0)
 
     data = random_maps(args.shape)
     maps = ProbabilityMaps(data, DEFAULT_CLASSES)
@@ -48,8 +56,9 @@ def main() -> None:
         maps.labelmap({"pectoral muscle": float(t), "coronary arteries": float(1 - t)})
         changes.append(time.perf_counter() - start)
 
-    print(json.dumps({
-        "benchmark": "rethreshold",
+    finish_machine_state(machine, 0 if args.smoke else 1.0)
+    result = {
+        "benchmark": "thresholds", "smoke": args.smoke, "machine": machine,
         "shape_zyx": list(args.shape),
         "classes": len(DEFAULT_CLASSES),
         "thresholded_classes": len(maps.thresholded_classes()),
@@ -58,9 +67,10 @@ def main() -> None:
         "threshold_change_s_median": round(float(np.median(changes)), 3),
         "threshold_change_s_max": round(max(changes), 3),
         "repeats": args.repeats,
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "numpy": np.__version__,
-    }, indent=2))
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+    write_result("thresholds", result, args.results)
 
 
 if __name__ == "__main__":
