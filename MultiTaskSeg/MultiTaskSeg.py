@@ -1,16 +1,15 @@
 """MultiTaskSeg: one multi-task triplanar CNN segments brain tissues (T1 MRI), the pectoral
 muscle (breast MRI) and the coronary arteries (cardiac CTA) in 3D Slicer.
 
-Thin Slicer layer: the work is done by ``MultiTaskSegLib`` (engine and MRML logic, no Qt). The
-engine needs torch, so it is imported only where used: the module loads without torch and the
-panel offers to install it.
+A thin Qt shell over ``MultiTaskSegLib.slicer``: the logic (MRML, no Qt) runs the network in a
+worker process it starts, and the panel polls it from a QTimer, so Slicer stays responsive and a
+crash of the network cannot take the scene down. Slicer's own process never imports torch: the
+module loads without it and the panel offers to install it.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
-import traceback
+import logging
 from typing import Dict, Optional
 
 import qt
@@ -26,23 +25,22 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from MultiTaskSegLib.slicer import dependencies
-from MultiTaskSegLib.engine.errors import Cancelled, MultiTaskSegError
-from MultiTaskSegLib.slicer.logic import MultiTaskSegLogic as EngineLogic
+from MultiTaskSegLib.engine.errors import MultiTaskSegError
 from MultiTaskSegLib.engine.labelmap_rule import nearest_level_threshold
+from MultiTaskSegLib.slicer import dependencies, panel_support
+from MultiTaskSegLib.slicer.logic import MultiTaskSegLogic as EngineLogic
+from MultiTaskSegLib.slicer.node_conversion import has_non_labelmap_source
+from MultiTaskSegLib.slicer.runs import ModelDescription
 
 POLL_INTERVAL_MS = 100
 SLIDER_DEBOUNCE_MS = 30
+MODEL_PATH_DEBOUNCE_MS = 600  # read the model once typing pauses, not at every keystroke
 # Probabilities are stored in steps of 1/255, and trained thresholds sit near 1 (the shipped model's:
 # 248/255, 254/255). Two decimals showed 254/255 as 1.00 and applied 1.00 as soon as any slider
 # moved; three keep every level apart, and reading a slider snaps back to its level.
 SLIDER_DECIMALS = 3
 SLIDER_STEP = 1.0 / 255
-
-
-#
-# MultiTaskSeg
-#
+SAMPLES = {"loadBrainSampleButton": "MRHead", "loadCardiacSampleButton": "CTACardio"}
 
 
 class MultiTaskSeg(ScriptedLoadableModule):
@@ -57,7 +55,7 @@ Segments, with one convolutional network trained on three tasks, whichever of th
 shows: six brain tissues in T1-weighted brain MRI, the pectoral muscle in breast MRI, and the
 coronary arteries in cardiac CT angiography. Pick the input volume and the structures, click
 Segment, then move the threshold sliders: the segments follow without running the network again.
-The network runs in the background; Segment turns into Cancel meanwhile.
+The network runs in a separate process; Segment turns into Cancel meanwhile.
 """
         self.parent.acknowledgementText = """
 Implements the multi-task triplanar CNN of P. Moeskops, J.M. Wolterink, B.H.M. van der Velden,
@@ -67,19 +65,15 @@ pp. 478-486 (arXiv:1704.03379).
 """
 
 
-#
-# MultiTaskSegParameterNode
-#
-
-
 @parameterNodeWrapper
 class MultiTaskSegParameterNode:
     """
     inputVolume - the volume to segment.
     outputSegmentation - None: a new segmentation; else one whose other segments are kept.
     modelPath - a model bundle file; empty: the model shipped with the extension.
-    device - "auto", "cpu" or "cuda".
+    device - "auto", "cpu", "cuda" or "cuda:N".
     replaceExisting - replace segments of the output that have our segments' names.
+    useStandardNames - name segments by their terminology meaning instead of the model's names.
     showIn3D - show the segments as surfaces in 3D.
     """
 
@@ -88,51 +82,14 @@ class MultiTaskSegParameterNode:
     modelPath: str = ""
     device: str = "auto"
     replaceExisting: bool = False
+    useStandardNames: bool = False
     showIn3D: bool = False
 
 
-#
-# MultiTaskSegWidget
-#
-
-
-class _NetworkWorker:
-    """Runs ``logic.run_network`` in a Python thread; reports through a queue, never touches MRML."""
-
-    def __init__(self, logic, volume, classes, model, device):
-        self.messages: "queue.Queue[tuple]" = queue.Queue()
-        self._cancelRequested = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(logic, volume, classes, model, device), name="MultiTaskSeg network", daemon=True
-        )
-
-    def start(self):
-        self._thread.start()
-
-    def cancel(self):
-        self._cancelRequested.set()
-
-    def _run(self, logic, volume, classes, model, device):
-        try:
-            maps = logic.run_network(
-                volume,
-                classes=classes,
-                model=model,
-                device=device,
-                progress=lambda fraction, stage: self.messages.put(("progress", fraction, stage)),
-                cancel=self._cancelRequested.is_set,
-            )
-            self.messages.put(("done", maps))
-        except Cancelled:
-            self.messages.put(("cancelled",))
-        except Exception as error:  # reported to the user on the main thread
-            self.messages.put(("error", error, traceback.format_exc()))
-
-
 class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel. ``logicFactory`` builds the logic; tests may replace it with a fake."""
+    """The panel. ``logicFactory(log)`` builds the logic; tests may replace it."""
 
-    logicFactory = None  # callable returning a MultiTaskSegLogic; None: the real one
+    logicFactory = None  # callable taking the log callback, returning a MultiTaskSegLogic; None: the real one
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -140,11 +97,13 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._worker: Optional[_NetworkWorker] = None
+        self._run = None  # the running segmentation, polled by the timer
         self._runContext: Dict = {}
+        self._describeRequest = None  # PyTorch, devices and the model's classes, asked of the worker
+        self._environment: Optional[Dict] = None
         self._classCheckBoxes: Dict[str, qt.QCheckBox] = {}
         self._thresholdSliders: Dict[int, object] = {}
-        self._shownSegmentation = None
+        self._slidersNode = None  # the segmentation the sliders belong to
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -152,47 +111,62 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = (self.logicFactory or (lambda log: MultiTaskSegLogic(log=log)))(self._appendLog)
 
-        self.logic = (self.logicFactory or MultiTaskSegLogic)()
-
-        self._pollTimer = qt.QTimer()
-        self._pollTimer.setInterval(POLL_INTERVAL_MS)
-        self._pollTimer.connect("timeout()", self._pollWorker)
-        self._sliderTimer = qt.QTimer()
-        self._sliderTimer.setSingleShot(True)
-        self._sliderTimer.setInterval(SLIDER_DEBOUNCE_MS)
-        self._sliderTimer.connect("timeout()", self._applySliderThresholds)
+        self._pollTimer = self._timer(POLL_INTERVAL_MS, self._poll, singleShot=False)
+        self._sliderTimer = self._timer(SLIDER_DEBOUNCE_MS, self._applySliderThresholds)
+        self._modelPathTimer = self._timer(MODEL_PATH_DEBOUNCE_MS, self._describeModel)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.reinstallTorchButton.connect("clicked(bool)", self.onReinstallTorch)
         self.ui.exportProbabilitiesButton.connect("clicked(bool)", self.onExportProbabilities)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
-        self.ui.showIn3DCheckBox.connect("toggled(bool)", self.onShowIn3DToggled)
-        self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._rebuildThresholdSliders)
+        self.ui.showIn3DCheckBox.connect("clicked(bool)", self.onShowIn3DClicked)  # the user's click only
+        for buttonName, sampleName in SAMPLES.items():
+            getattr(self.ui, buttonName).connect("clicked(bool)", lambda checked, name=sampleName: self.onLoadSample(name))
+        # The threshold sliders follow the parameter node (its ModifiedEvent), never the selector's
+        # signal: slots run in connection order, and the parameter node may not hold the new node yet.
 
         self.ui.progressBar.hide()
         self.initializeParameterNode()
         self._refreshDependencies()
 
+    def _timer(self, intervalMs: int, slot, singleShot: bool = True):
+        timer = qt.QTimer()
+        timer.setInterval(intervalMs)
+        timer.setSingleShot(singleShot)
+        timer.connect("timeout()", slot)
+        return timer
+
     def cleanup(self) -> None:
-        self._stopWorker()
+        self._pollTimer.stop()
+        if self.logic is not None:
+            self.logic.shutdown()  # kills the worker process
         self.removeObservers()
+
+    def onReload(self) -> None:
+        """Reload the engine and the logic with the module file, not only the module file."""
+        self.cleanup()
+        panel_support.forget_package_modules("MultiTaskSegLib")
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def enter(self) -> None:
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+        self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self._stopWorker()
+        if self._run is not None:
+            self._run.cancel()  # the scene it would write into is going away
+            self._run = None
+            self._setRunning(False)
+            self.ui.statusLabel.text = "Cancelled: the scene was closed."
         self.setParameterNode(None)
         self._clearThresholdSliders()
 
@@ -212,25 +186,65 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode: Optional[MultiTaskSegParameterNode]) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
-            self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelPath
-            self._updateButtons()
+            self._parameterNodeGuiTag = self._parameterNode.connectParametersToGui(panel_support.parameter_widgets(self.ui))
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
 
-    # ---- model, structures, devices ----------------------------------------------------
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        """The widgets the wrapper does not bind (device, model path) and the sliders follow the node."""
+        parameters = self._parameterNode
+        if parameters is None:
+            return
+        if self.ui.modelPathLineEdit.currentPath != parameters.modelPath:
+            self.ui.modelPathLineEdit.currentPath = parameters.modelPath
+        index = self.ui.deviceComboBox.findData(parameters.device)
+        if index >= 0 and index != self.ui.deviceComboBox.currentIndex:
+            self.ui.deviceComboBox.currentIndex = index
+        if parameters.outputSegmentation is not self._slidersNode:
+            self._rebuildThresholdSliders()
+        self._updateButtons()
+
+    # ---- PyTorch, devices, model ---------------------------------------------------------
 
     def _refreshDependencies(self) -> None:
-        missing = dependencies.missing_packages()
-        self.ui.dependenciesLabel.visible = bool(missing)
-        self.ui.installDependenciesButton.visible = bool(missing)
-        if missing:
-            self.ui.dependenciesLabel.text = f"Missing Python packages: {', '.join(missing)}."
+        problems = dependencies.describe_problems()
+        self.ui.dependenciesLabel.visible = bool(problems)
+        self.ui.installDependenciesButton.visible = bool(problems)
+        self.ui.dependenciesLabel.text = problems
+        if problems:
+            self.ui.environmentCollapsibleButton.collapsed = False
+            self.ui.environmentLabel.text = "PyTorch is needed to segment."
+            self._updateButtons()
             return
+        self._describeModel()
+
+    def _describeModel(self) -> None:
+        """Ask the worker (started here if needed, which also pays its start-up before the first
+        Segment) for PyTorch, the devices and the model's classes; the timer collects the answer."""
+        path = self._model()
+        if path and not qt.QFileInfo(path).isFile():
+            self.ui.structuresHintLabel.text = f"No model file at {path}: choose a .safetensors bundle."
+            return
+        self.ui.structuresHintLabel.text = "Reading the model..."
+        with slicer.util.tryWithErrorDisplay("Could not start the segmentation process.", waitCursor=False):
+            self._describeRequest = self.logic.request_description(path)
+            self._pollTimer.start()
+
+    def _finishDescribe(self, request) -> None:
+        if request.error is not None:
+            self.ui.environmentCollapsibleButton.collapsed = False
+            self.ui.environmentLabel.text = str(request.error)
+            self.ui.structuresHintLabel.text = str(request.error)
+            self._fillStructures(None)
+            return
+        self._environment = request.answer
+        self.ui.environmentLabel.text = panel_support.environment_summary(request.answer)
         self._fillDevices()
-        self._fillStructures()
+        self._fillStructures(self.logic.model_description(self._model(), answer=request.answer))
 
     def onInstallDependencies(self) -> None:
         if not slicer.util.confirmOkCancelDisplay(dependencies.describe_missing()):
@@ -239,19 +253,22 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             dependencies.install_missing()
         self._refreshDependencies()
 
-    def _fillDevices(self) -> None:
-        from MultiTaskSegLib.engine.devices import available_devices
+    def onReinstallTorch(self) -> None:
+        if not slicer.util.confirmOkCancelDisplay(
+                f"Uninstall PyTorch and install {dependencies.torch_build_promise()}? Restart Slicer afterwards."):
+            return
+        self.logic.shutdown()  # the worker holds torch's files open (Windows cannot replace them then)
+        with slicer.util.tryWithErrorDisplay("Reinstalling PyTorch failed.", waitCursor=True):
+            dependencies.install_torch(reinstall=True)
+            slicer.util.infoDisplay("PyTorch was reinstalled. Restart Slicer to use it.")
 
+    def _fillDevices(self) -> None:
         combo = self.ui.deviceComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        found = available_devices()
-        gpu = next((description for key, description in found if key == "cuda"), None)
-        combo.addItem(f"Automatic ({gpu or 'CPU: no GPU found'})", "auto")
-        for key, description in found:
-            combo.addItem(description, key)
-        index = combo.findData(self._parameterNode.device if self._parameterNode else "auto")
-        combo.setCurrentIndex(max(index, 0))
+        for label, key in panel_support.device_choices(self._environment):
+            combo.addItem(label, key)
+        combo.setCurrentIndex(max(combo.findData(self._parameterNode.device if self._parameterNode else "auto"), 0))
         combo.blockSignals(wasBlocked)
 
     def onDeviceChanged(self, index: int) -> None:
@@ -259,85 +276,98 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.device = self.ui.deviceComboBox.itemData(index)
 
     def onModelPathChanged(self, path: str) -> None:
-        if self._parameterNode:
+        if self._parameterNode and self._parameterNode.modelPath != path:
             self._parameterNode.modelPath = path
-        if not dependencies.missing_packages():  # reading a model needs torch
-            self._fillStructures()
+        self._modelPathTimer.start()  # restarts while the user types
 
-    def _model(self):
+    def _model(self) -> Optional[str]:
         """The model path chosen, or None for the shipped default."""
         if self._parameterNode is None or not self._parameterNode.modelPath:
             return None
         return self._parameterNode.modelPath
 
-    def _fillStructures(self) -> None:
+    def _fillStructures(self, description: Optional[ModelDescription]) -> None:
         """One group box per task, one check box per class, from the model's metadata."""
         layout = self.ui.structuresContainer.layout()
         while layout.count():
             layout.takeAt(0).widget().deleteLater()
         self._classCheckBoxes = {}
-        try:
-            bundle = self.logic.load_bundle(self._model())
-        except MultiTaskSegError as error:
-            self.ui.structuresHintLabel.text = str(error)
-            self._updateButtons()
-            return
-        self.ui.structuresHintLabel.text = "Tick the structures to segment, grouped by task."
-        classesByName = {info.name: info for info in bundle.classes}
-        for task in bundle.tasks:
-            box = qt.QGroupBox(f"{task.description} ({task.modality})")
-            boxLayout = qt.QVBoxLayout(box)
-            for name in task.classes:
-                checkBox = qt.QCheckBox(name)
-                checkBox.checked = True
-                checkBox.toolTip = f"Class {classesByName[name].index}, decided by {classesByName[name].decision}"
-                checkBox.connect("toggled(bool)", lambda checked: self._updateButtons())
-                boxLayout.addWidget(checkBox)
-                self._classCheckBoxes[name] = checkBox
-            layout.addWidget(box)
+        if description is not None:
+            self.ui.structuresHintLabel.text = "Tick the structures to segment, grouped by task."
+            for title, rows in panel_support.structure_groups(description):
+                box = qt.QGroupBox(title)
+                boxLayout = qt.QVBoxLayout(box)
+                for name, toolTip in rows:
+                    checkBox = qt.QCheckBox(name)
+                    checkBox.checked = True
+                    checkBox.toolTip = toolTip
+                    checkBox.connect("toggled(bool)", lambda checked: self._updateButtons())
+                    boxLayout.addWidget(checkBox)
+                    self._classCheckBoxes[name] = checkBox
+                layout.addWidget(box)
         self._updateButtons()
 
     def _selectedClasses(self):
         return [name for name, checkBox in self._classCheckBoxes.items() if checkBox.checked]
 
     def _updateButtons(self, caller=None, event=None) -> None:
-        if self._worker is not None:
+        if self._run is not None:
             return  # while running the button is Cancel, always enabled
         ready = bool(self._parameterNode and self._parameterNode.inputVolume and self._selectedClasses())
         self.ui.segmentButton.enabled = ready
         self.ui.segmentButton.toolTip = "Run the network." if ready else "Select an input volume and at least one structure."
 
+    def onLoadSample(self, sampleName: str) -> None:
+        with slicer.util.tryWithErrorDisplay(f"Could not load the sample {sampleName}.", waitCursor=True):
+            import SampleData
+
+            volumeNode = SampleData.downloadSample(sampleName)
+            if self._parameterNode and volumeNode is not None:
+                self._parameterNode.inputVolume = volumeNode
+
     # ---- running -----------------------------------------------------------------------
 
     def onSegmentButton(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            self.ui.statusLabel.text = "Cancelling..."
+        if self._run is not None:
+            self._run.cancel()  # kills the worker at once; the next run starts a new one
+            self._run = None
+            self._setRunning(False)
+            self.ui.statusLabel.text = "Cancelled; the scene is unchanged."
             return
         parameters = self._parameterNode
         classes = self._selectedClasses()
         with slicer.util.tryWithErrorDisplay("Cannot start the segmentation.", waitCursor=True):
-            volume = self.logic.volume_from_node(parameters.inputVolume)
-            clashes = self.logic.existing_segment_names(parameters.outputSegmentation, classes)
+            names = self.logic.expected_segment_names(self._model(), classes, parameters.useStandardNames)
+            clashes = self.logic.existing_segment_names(parameters.outputSegmentation, names)
             if clashes and not parameters.replaceExisting:
                 if not slicer.util.confirmOkCancelDisplay(
                     f"The output segmentation has segments named {', '.join(clashes)}. Replace them?"
                 ):
                     return
                 parameters.replaceExisting = True
+            convert = has_non_labelmap_source(parameters.outputSegmentation)
+            if convert and not slicer.util.confirmOkCancelDisplay(
+                "The output segmentation stores its segments as surfaces. Adding these segments converts "
+                "them to labelmaps. Continue?"
+            ):
+                return
             self._runContext = {
                 "volumeNode": parameters.inputVolume,
                 "segmentationNode": parameters.outputSegmentation,
                 "replace": parameters.replaceExisting,
+                "convert": convert,
+                "standardNames": parameters.useStandardNames,
             }
-            self._worker = _NetworkWorker(self.logic, volume, classes, self._model(), parameters.device)
-            self._worker.start()
+            self._run = self.logic.segmentation_run(parameters.inputVolume, classes, self._model(), parameters.device)
+            self._run.start()
             self._setRunning(True)
 
     def _setRunning(self, running: bool) -> None:
         self.ui.segmentButton.text = "Cancel" if running else "Segment"
         self.ui.segmentButton.enabled = True
-        for widget in (self.ui.inputsCollapsibleButton, self.ui.structuresCollapsibleButton, self.ui.outputsCollapsibleButton):
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.structuresCollapsibleButton,
+                       self.ui.outputsCollapsibleButton, self.ui.thresholdsCollapsibleButton,
+                       self.ui.environmentCollapsibleButton):
             widget.enabled = not running
         self.ui.progressBar.visible = running
         self.ui.progressBar.value = 0
@@ -345,66 +375,56 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "Starting..."
             self._pollTimer.start()
         else:
-            self._pollTimer.stop()
             self._updateButtons()
 
-    def _pollWorker(self) -> None:
-        """Main thread: take the worker's messages; MRML is changed only here."""
-        while self._worker is not None:
-            try:
-                message = self._worker.messages.get_nowait()
-            except queue.Empty:
-                return
-            kind = message[0]
-            if kind == "progress":
-                self.ui.progressBar.value = int(message[1] * 1000)
-                self.ui.progressBar.format = f"{message[2]}  %p%"
-                self.ui.statusLabel.text = message[2]
-            else:
-                self._worker = None
+    def _poll(self) -> None:
+        """Main thread, every POLL_INTERVAL_MS: read the worker's news; MRML changes only here."""
+        request = self._describeRequest
+        if request is not None:
+            request.poll()
+            if request.finished:
+                self._describeRequest = None
+                self._finishDescribe(request)
+        run = self._run
+        if run is not None:
+            for fraction, stage in run.poll():
+                self.ui.progressBar.value = int(fraction * 1000)
+                self.ui.progressBar.format = f"{stage}  %p%"
+                self.ui.statusLabel.text = stage
+            if run.finished:
+                self._run = None
                 self._setRunning(False)
-                self._finishRun(kind, message[1:])
-
-    def _finishRun(self, kind: str, payload) -> None:
-        if kind == "cancelled":
-            self.ui.statusLabel.text = "Cancelled; the scene is unchanged."
-        elif kind == "error":
-            error, details = payload
-            self.ui.statusLabel.text = "Failed."
-            message = str(error) if isinstance(error, MultiTaskSegError) else f"Unexpected error: {error}"
-            slicer.util.errorDisplay(message, detailedText=details)
-        else:
-            with slicer.util.tryWithErrorDisplay("Could not create the segments.", waitCursor=True):
-                context = self._runContext
-                segmentationNode = self.logic.apply_result(
-                    context["volumeNode"], payload[0], context["segmentationNode"], replace_existing=context["replace"]
-                )
-                self._parameterNode.outputSegmentation = segmentationNode
-                self._showSegmentation(segmentationNode)
-                self.ui.statusLabel.text = f"Done: {segmentationNode.GetName()}."
-        self._rebuildThresholdSliders()
-
-    def _stopWorker(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()  # the daemon thread ends at its next cancel check
-            self._worker = None
-        if hasattr(self, "_pollTimer"):
+                self._finishRun(run)
+        if self._run is None and self._describeRequest is None:
             self._pollTimer.stop()
 
-    def _showSegmentation(self, segmentationNode) -> None:
-        volumeNode = self._runContext.get("volumeNode")
-        if volumeNode is not None:
-            slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
-        self.onShowIn3DToggled(self._parameterNode.showIn3D, segmentationNode)
-
-    def onShowIn3DToggled(self, show: bool, segmentationNode=None) -> None:
-        segmentationNode = segmentationNode or (self._parameterNode and self._parameterNode.outputSegmentation)
-        if segmentationNode is None:
+    def _finishRun(self, run) -> None:
+        if run.error is not None:
+            self.ui.statusLabel.text = "Failed; the scene is unchanged."
+            error = run.error
+            message = str(error) if isinstance(error, MultiTaskSegError) else f"Unexpected error: {error}"
+            slicer.util.errorDisplay(message, detailedText=getattr(error, "details", "") or None)
             return
-        if show:
-            segmentationNode.CreateClosedSurfaceRepresentation()
-        else:
-            segmentationNode.RemoveClosedSurfaceRepresentation()
+        with slicer.util.tryWithErrorDisplay("Could not create the segments.", waitCursor=True):
+            context = self._runContext
+            segmentationNode = self.logic.apply_result(
+                context["volumeNode"], run.maps, context["segmentationNode"], replace_existing=context["replace"],
+                convert_to_labelmap=context["convert"], standard_names=context["standardNames"], device=run.device)
+            self._parameterNode.outputSegmentation = segmentationNode
+            self._rebuildThresholdSliders()  # same node as before, new result
+            slicer.util.setSliceViewerLayers(background=context["volumeNode"], fit=True)
+            if self._parameterNode.showIn3D:
+                self.logic.show_in_3d(segmentationNode, True)  # a run never removes the user's surfaces
+            self.ui.statusLabel.text = f"Done: {segmentationNode.GetName()} ({run.device})."
+
+    def _appendLog(self, line: str) -> None:
+        if hasattr(self, "ui"):
+            self.ui.logTextEdit.appendPlainText(line)
+        logging.debug("MultiTaskSeg worker: %s", line)
+
+    def onShowIn3DClicked(self, show: bool) -> None:
+        if self._parameterNode is not None:
+            self.logic.show_in_3d(self._parameterNode.outputSegmentation, show)
 
     # ---- thresholds and export ----------------------------------------------------------
 
@@ -415,29 +435,30 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if item.widget():
                 item.widget().deleteLater()
         self._thresholdSliders = {}
+        self._slidersNode = None
 
-    def _rebuildThresholdSliders(self, *unused) -> None:
+    def _rebuildThresholdSliders(self) -> None:
         self._clearThresholdSliders()
         segmentationNode = self._parameterNode.outputSegmentation if self._parameterNode else None
-        hasResult = self.logic.has_result(segmentationNode)
-        self.ui.exportProbabilitiesButton.enabled = hasResult
-        if not hasResult:
-            return
+        self._slidersNode = segmentationNode
+        rows = panel_support.threshold_rows(self.logic, segmentationNode)
+        self.ui.exportProbabilitiesButton.enabled = self.logic.has_result(segmentationNode)
         import ctk
 
-        maps = self.logic.probability_maps(segmentationNode)
-        for index, threshold in self.logic.current_thresholds(segmentationNode).items():
+        for index, label, threshold in rows:
             slider = ctk.ctkSliderWidget()
             slider.decimals = SLIDER_DECIMALS  # before the step and value, which it rounds
             slider.minimum, slider.maximum, slider.singleStep = 0.0, 1.0, SLIDER_STEP
             slider.value = threshold
             slider.toolTip = "Probability above which a voxel belongs to this structure."
             slider.connect("valueChanged(double)", lambda value: self._sliderTimer.start())
-            self.ui.thresholdsContainer.layout().addRow(f"{maps.classes[index].name}:", slider)
+            self.ui.thresholdsContainer.layout().addRow(label, slider)
             self._thresholdSliders[index] = slider
 
     def _applySliderThresholds(self) -> None:
-        segmentationNode = self._parameterNode.outputSegmentation
+        segmentationNode = self._slidersNode  # the node these sliders were made for
+        if not self.logic.has_result(segmentationNode):
+            return
         with slicer.util.tryWithErrorDisplay("Could not update the segments.", waitCursor=False):
             thresholds = {index: nearest_level_threshold(slider.value)
                           for index, slider in self._thresholdSliders.items()}
@@ -445,17 +466,12 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExportProbabilities(self) -> None:
         with slicer.util.tryWithErrorDisplay("Could not export the probability maps.", waitCursor=True):
-            nodes = self.logic.export_probability_volumes(self._parameterNode.outputSegmentation)
+            nodes = self.logic.export_probability_volumes(self._slidersNode)
             self.ui.statusLabel.text = f"Exported {len(nodes)} probability volume(s)."
 
 
-#
-# MultiTaskSegLogic
-#
-
-
 class MultiTaskSegLogic(EngineLogic, ScriptedLoadableModuleLogic):
-    """The engine's MRML logic (MultiTaskSegLib.slicer.logic) plus Slicer's parameter node handling.
+    """The MRML logic (MultiTaskSegLib.slicer.logic) plus Slicer's parameter node handling.
 
     From Slicer's Python console::
 
@@ -464,30 +480,39 @@ class MultiTaskSegLogic(EngineLogic, ScriptedLoadableModuleLogic):
         logic.update_thresholds(segmentationNode, {"pectoral muscle": 0.7})
     """
 
-    def __init__(self, segmenter_factory=None) -> None:
+    def __init__(self, segmenter_factory=None, log=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        EngineLogic.__init__(self, segmenter_factory)
+        EngineLogic.__init__(self, segmenter_factory, log=log)
 
     def getParameterNode(self):
         return MultiTaskSegParameterNode(super().getParameterNode())
 
 
-#
-# MultiTaskSegTest
-#
-
-
 class MultiTaskSegTest(ScriptedLoadableModuleTest):
-    """Whole flow on a synthetic volume: logic, threshold update, and the widget's background run."""
+    """The whole flow on a synthetic volume through the worker process: logic, thresholds, panel,
+    Cancel and Close Scene. Skipped, with a message, where PyTorch is not installed (extension
+    build machines)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_LogicFlow()
-        self.setUp()
-        self.test_WidgetBackgroundRun()
+        reason = self._missingDependencies()
+        if reason:
+            self.delayDisplay(f"MultiTaskSeg self-test skipped: {reason}")
+            return
+        for test in (self.test_LogicFlow, self.test_WidgetRunCancelAndCloseScene):
+            self.setUp()
+            test()
+
+    def _missingDependencies(self) -> str:
+        problems = dependencies.describe_problems()
+        return f"{problems} Install PyTorch to run it." if problems else ""
+
+    def _requireDependencies(self):
+        reason = self._missingDependencies()
+        if reason:
+            self.skipTest(reason)
 
     def _syntheticVolume(self):
         import numpy as np
@@ -509,38 +534,45 @@ class MultiTaskSegTest(ScriptedLoadableModuleTest):
         return int((slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) > 0).sum())
 
     def test_LogicFlow(self):
-        self.delayDisplay("Segmenting a synthetic volume")
+        self._requireDependencies()
+        self.delayDisplay("Segmenting a synthetic volume in the worker process")
         volumeNode = self._syntheticVolume()
         logic = MultiTaskSegLogic()
-        model = self._model()
-        segmentationNode = logic.segment(volumeNode, model=model, device="cpu")
-        bundle = logic.load_bundle(model)
-        expected = [info.name for info in bundle.classes if info.index != 0]
-        segmentation = segmentationNode.GetSegmentation()
-        names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
-        self.assertEqual(names, expected)
+        try:
+            model = self._model()
+            segmentationNode = logic.segment(volumeNode, model=model, device="cpu")
+            description = logic.model_description(model)
+            expected = [info.name for info in description.classes if info.index != 0]
+            segmentation = segmentationNode.GetSegmentation()
+            names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+            self.assertEqual(names, expected)
 
-        self.delayDisplay("Moving the thresholds")
-        thresholded = list(logic.current_thresholds(segmentationNode))
-        self.assertTrue(thresholded, "the model has thresholded classes")
-        name = bundle.classes[thresholded[0]].name
-        logic.update_thresholds(segmentationNode, {index: 1.0 for index in thresholded})
-        strict = self._voxelCount(segmentationNode, name, volumeNode)
-        logic.update_thresholds(segmentationNode, {index: 0.0 for index in thresholded})
-        loose = self._voxelCount(segmentationNode, name, volumeNode)
-        self.assertGreaterEqual(loose, strict)
-        total = sum(self._voxelCount(segmentationNode, bundle.classes[i].name, volumeNode) for i in thresholded)
-        self.assertEqual(total, volumeNode.GetImageData().GetNumberOfPoints())  # threshold 0: every voxel
+            self.delayDisplay("Moving the thresholds (no network run)")
+            thresholded = list(logic.current_thresholds(segmentationNode))
+            self.assertTrue(thresholded, "the model has thresholded classes")
+            name = description.classes[thresholded[0]].name
+            logic.update_thresholds(segmentationNode, {index: 1.0 for index in thresholded})
+            strict = self._voxelCount(segmentationNode, name, volumeNode)
+            logic.update_thresholds(segmentationNode, {index: 0.0 for index in thresholded})
+            loose = self._voxelCount(segmentationNode, name, volumeNode)
+            self.assertGreaterEqual(loose, strict)
+            total = sum(self._voxelCount(segmentationNode, description.classes[i].name, volumeNode) for i in thresholded)
+            self.assertEqual(total, volumeNode.GetImageData().GetNumberOfPoints())  # threshold 0: every voxel
+        finally:
+            logic.shutdown()
         self.delayDisplay("Logic flow passed")
 
-    def test_WidgetBackgroundRun(self):
-        self.delayDisplay("Running through the panel, in the background")
+    def test_WidgetRunCancelAndCloseScene(self):
+        self._requireDependencies()
+        self.delayDisplay("Running through the panel")
         volumeNode = self._syntheticVolume()
+        slicer.util.selectModule("MultiTaskSeg")  # entered: the panel follows Close Scene as a user sees it
         widget = slicer.util.getModuleWidget("MultiTaskSeg")
         model = self._model()
-        if model is not None:  # no shipped model: hand the random bundle to the panel's logic
-            widget.logic.load_bundle = lambda path=None: model
-            widget._fillStructures()
+        if model is not None:  # no shipped model: the panel's logic saves the random bundle for its worker
+            widget._parameterNode.modelPath = widget.logic.model_file(model)
+        widget._describeModel()
+        self._waitFor(lambda: widget._describeRequest is None, "the worker described the model")
         widget._parameterNode.inputVolume = volumeNode
         widget._parameterNode.outputSegmentation = None
         widget._parameterNode.device = "cpu"
@@ -548,12 +580,12 @@ class MultiTaskSegTest(ScriptedLoadableModuleTest):
 
         widget.ui.segmentButton.click()
         self.assertEqual(widget.ui.segmentButton.text, "Cancel")
-        widget.ui.segmentButton.click()  # cancel
-        self._waitForWorker(widget)
+        widget.ui.segmentButton.click()  # cancel: the worker is killed at once
+        self.assertIsNone(widget._run)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore, "cancel leaves the scene unchanged")
 
         widget.ui.segmentButton.click()
-        self._waitForWorker(widget)
+        self._waitFor(lambda: widget._run is None, "the run finished")
         segmentationNode = widget._parameterNode.outputSegmentation
         self.assertIsNotNone(segmentationNode)
         self.assertTrue(widget._thresholdSliders, "one slider per thresholded class")
@@ -564,13 +596,22 @@ class MultiTaskSegTest(ScriptedLoadableModuleTest):
         slider.value = 0.0
         widget._applySliderThresholds()
         self.assertEqual(widget.logic.current_thresholds(segmentationNode)[index], 0.0)
-        self.delayDisplay("Widget flow passed")
 
-    def _waitForWorker(self, widget, timeoutSeconds=120):
+        self.delayDisplay("Close Scene: the result is gone, a new node with the same ID gets no sliders")
+        oldId = segmentationNode.GetID()
+        slicer.mrmlScene.Clear()
+        reused = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+        self.assertEqual(reused.GetID(), oldId, "Slicer reuses the ID after Close Scene")
+        self.assertFalse(widget.logic.has_result(reused))
+        widget._parameterNode.outputSegmentation = reused
+        self.assertFalse(widget._thresholdSliders)
+        self.delayDisplay("Panel flow passed")
+
+    def _waitFor(self, condition, what: str, timeoutSeconds: float = 180) -> None:
         import time
 
         deadline = time.time() + timeoutSeconds
-        while widget._worker is not None and time.time() < deadline:
+        while not condition() and time.time() < deadline:
             slicer.app.processEvents()
             time.sleep(0.05)
-        self.assertIsNone(widget._worker, "the background run finished")
+        self.assertTrue(condition(), f"timed out waiting until {what}")

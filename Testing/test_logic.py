@@ -14,7 +14,7 @@ vtk = pytest.importorskip("vtk")
 
 from MultiTaskSegLib.engine.errors import Cancelled, InputError, OutputError  # noqa: E402
 from MultiTaskSegLib.slicer.logic import MultiTaskSegLogic, volume_from_node  # noqa: E402
-from MultiTaskSegLib.engine.classes import DEFAULT_CLASSES  # noqa: E402
+from MultiTaskSegLib.engine.classes import DEFAULT_CLASSES, DEFAULT_TASKS  # noqa: E402
 from MultiTaskSegLib.engine.labelmap_rule import ProbabilityMaps, quantize_probabilities  # noqa: E402
 
 BALL_CLASS = 7
@@ -121,6 +121,8 @@ def logic(fake, no_model_files):
 
 class FakeBundle:
     classes = DEFAULT_CLASSES
+    tasks = DEFAULT_TASKS
+    default_thresholds = {}
 
 
 @pytest.fixture
@@ -269,23 +271,33 @@ def test_segmenting_twice_makes_a_second_node(scene, logic):
 # ---- cancel and bad inputs -----------------------------------------------------------------
 
 
-def test_cancel_leaves_the_scene_unchanged(scene, logic):
+def test_cancel_leaves_the_scene_unchanged(scene, logic, fake):
     volumeNode = add_volume(scene)
     existing = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "mine")
     add_user_segment(existing, "Tumour")
     before = scene_summary(scene)
-    stages = []
     for target in (None, existing):
         with pytest.raises(Cancelled):
-            logic.segment(volumeNode, target, progress=lambda f, s: stages.append(s), cancel=lambda: True)
+            logic.segment(volumeNode, target, cancel=lambda: True)
     assert scene_summary(scene) == before
-    assert "Fake network" in stages
+    assert fake.calls == 0, "a cancel before the run starts it never"
+
+
+def test_cancel_during_the_network_leaves_the_scene_unchanged(scene, logic, fake):
+    volumeNode = add_volume(scene)
+    before = scene_summary(scene)
+    stages = []
+    answers = iter([False, True])  # not before the run, but inside it
+    with pytest.raises(Cancelled):
+        logic.segment(volumeNode, progress=lambda f, s: stages.append(s), cancel=lambda: next(answers, True))
+    assert scene_summary(scene) == before
+    assert fake.calls == 1 and "Fake network" in stages
 
 
 def test_cancel_after_the_network_still_leaves_the_scene_unchanged(scene, logic):
     volumeNode = add_volume(scene)
     before = scene_summary(scene)
-    answers = iter([False, True])  # not during predict, but right after it
+    answers = iter([False, False, True])  # not before or during predict, but right after it
     with pytest.raises(Cancelled):
         logic.segment(volumeNode, cancel=lambda: next(answers, True))
     assert scene_summary(scene) == before
@@ -329,31 +341,7 @@ def test_probability_export_gives_volumes_on_the_input_grid(scene, logic):
     np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(matrix), oblique_ijk_to_ras(), atol=1e-9)
 
 
-# ---- the real pipeline, once ---------------------------------------------------------------
-
-
-def test_end_to_end_with_a_random_weights_bundle(scene):
-    from MultiTaskSegLib.engine.bundle import make_random_bundle
-
-    volumeNode = add_volume(scene)
-    logic = MultiTaskSegLogic()
-    stages = []
-    segmentationNode = logic.segment(
-        volumeNode, model=make_random_bundle(seed=0), device="cpu", progress=lambda f, s: stages.append((f, s))
-    )
-    assert segment_names(segmentationNode) == [c.name for c in DEFAULT_CLASSES[1:]]
-    assert stages[-1] == (1.0, "Done") and all(a[0] <= b[0] for a, b in zip(stages, stages[1:]))
-    maps = logic.probability_maps(segmentationNode)
-    assert maps.shape == SHAPE_ZYX
-    segmentation = segmentationNode.GetSegmentation()
-    image = segmentation.GetNthSegment(0).GetRepresentation(
-        slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
-    )
-    shared = vtk.util.numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(SHAPE_ZYX)
-    np.testing.assert_array_equal(shared, maps.labelmap())
-    logic.update_thresholds(segmentationNode, {c: 0.0 for c in maps.thresholded_classes()})
-    np.testing.assert_array_equal(shared, maps.labelmap({c: 0.0 for c in maps.thresholded_classes()}))
-    assert set(np.unique(shared)) <= set(maps.thresholded_classes())  # threshold 0 takes every voxel
+# ---- the console API ----------------------------------------------------------------------------
 
 
 def test_the_console_example_of_the_logic_docstring_works(scene, logic):
