@@ -35,6 +35,7 @@ from MultiTaskSegLib.slicer.runs import ModelDescription
 POLL_INTERVAL_MS = 100
 SLIDER_DEBOUNCE_MS = 30
 MODEL_PATH_DEBOUNCE_MS = 600  # read the model once typing pauses, not at every keystroke
+IDLE_CHECK_MS = 60 * 1000  # how often an idle worker process is looked for (the logic stops it after 10 min)
 # Probabilities are stored in steps of 1/255, and trained thresholds sit near 1 (the shipped model's:
 # 248/255, 254/255). Two decimals showed 254/255 as 1.00 and applied 1.00 as soon as any slider
 # moved; three keep every level apart, and reading a slider snaps back to its level.
@@ -116,6 +117,8 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer = self._timer(POLL_INTERVAL_MS, self._poll, singleShot=False)
         self._sliderTimer = self._timer(SLIDER_DEBOUNCE_MS, self._applySliderThresholds)
         self._modelPathTimer = self._timer(MODEL_PATH_DEBOUNCE_MS, self._describeModel)
+        self._idleTimer = self._timer(IDLE_CHECK_MS, self._releaseIdleWorker, singleShot=False)
+        self._idleTimer.start()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -143,8 +146,13 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         timer.connect("timeout()", slot)
         return timer
 
+    def _releaseIdleWorker(self) -> None:
+        if self._run is None and self._describeRequest is None:
+            self.logic.release_idle_worker()
+
     def cleanup(self) -> None:
         self._pollTimer.stop()
+        self._idleTimer.stop()
         if self.logic is not None:
             self.logic.shutdown()  # kills the worker process
         self.removeObservers()
@@ -235,16 +243,22 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._pollTimer.start()
 
     def _finishDescribe(self, request) -> None:
-        if request.error is not None:
+        if request.error is not None:  # the worker cannot run: PyTorch missing, broken or too old
             self.ui.environmentCollapsibleButton.collapsed = False
             self.ui.environmentLabel.text = str(request.error)
-            self.ui.structuresHintLabel.text = str(request.error)
+            self.ui.structuresHintLabel.text = "PyTorch is needed to read the model: see PyTorch and devices."
             self._fillStructures(None)
             return
         self._environment = request.answer
         self.ui.environmentLabel.text = panel_support.environment_summary(request.answer)
         self._fillDevices()
-        self._fillStructures(self.logic.model_description(self._model(), answer=request.answer))
+        try:
+            description = self.logic.model_description(self._model(), answer=request.answer)
+        except MultiTaskSegError as error:  # the model file: corrupt, not a bundle, ...
+            self._fillStructures(None)
+            self.ui.structuresHintLabel.text = str(error)
+            return
+        self._fillStructures(description)
 
     def onInstallDependencies(self) -> None:
         if not slicer.util.confirmOkCancelDisplay(dependencies.describe_missing()):
@@ -410,10 +424,11 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmentationNode = self.logic.apply_result(
                 context["volumeNode"], run.maps, context["segmentationNode"], replace_existing=context["replace"],
                 convert_to_labelmap=context["convert"], standard_names=context["standardNames"], device=run.device)
-            self._parameterNode.outputSegmentation = segmentationNode
+            parameters = self._parameterNode or self.logic.getParameterNode()  # the user may have left the module
+            parameters.outputSegmentation = segmentationNode
             self._rebuildThresholdSliders()  # same node as before, new result
             slicer.util.setSliceViewerLayers(background=context["volumeNode"], fit=True)
-            if self._parameterNode.showIn3D:
+            if parameters.showIn3D:
                 self.logic.show_in_3d(segmentationNode, True)  # a run never removes the user's surfaces
             self.ui.statusLabel.text = f"Done: {segmentationNode.GetName()} ({run.device})."
 
@@ -571,6 +586,7 @@ class MultiTaskSegTest(ScriptedLoadableModuleTest):
         model = self._model()
         if model is not None:  # no shipped model: the panel's logic saves the random bundle for its worker
             widget._parameterNode.modelPath = widget.logic.model_file(model)
+            widget._modelPathTimer.stop()  # described right here, not again after the typing pause
         widget._describeModel()
         self._waitFor(lambda: widget._describeRequest is None, "the worker described the model")
         widget._parameterNode.inputVolume = volumeNode

@@ -256,21 +256,33 @@ def test_every_signal_the_module_connects_to_exists(panel):
             assert has_signal(target, signature), f"{receiver} has no signal {signature}"
 
 
-def test_every_attribute_the_module_sets_on_a_ui_widget_is_a_qt_property(panel):
-    """``self.ui.X.attr = value`` sets a Qt property in PythonQt: it must be one of X's properties."""
+def ui_member_uses():
+    """(widget name, member, called) of every ``self.ui.X.member`` in the module."""
+    tree = module_tree()
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
+                and isinstance(node.value.value, ast.Attribute) and node.value.value.attr == "ui"
+                and ast.unparse(node.value.value) == "self.ui"):
+            parent = parents.get(node)
+            yield node.value.attr, node.attr, isinstance(parent, ast.Call) and parent.func is node
+
+
+def test_every_property_and_method_the_module_uses_on_a_ui_widget_exists(panel):
+    """PythonQt reads and writes ``self.ui.X.attr`` as X's Qt property and calls X's methods by their
+    C++ names: each must exist on the widget Qt made (``connect`` is PythonQt's own)."""
     widget, _ = panel
     children = panel_children(widget)
-    assigned = set()
-    for node in ast.walk(module_tree()):
-        targets = node.targets if isinstance(node, ast.Assign) else []
-        for target in targets:
-            for element in (target.elts if isinstance(target, ast.Tuple) else [target]):
-                text = ast.unparse(element)
-                if text.startswith("self.ui.") and text.count(".") == 3:
-                    assigned.add(tuple(text.split(".")[2:]))
-    assert len(assigned) >= 5
-    missing = [f"{name}.{prop}" for name, prop in sorted(assigned)
-               if children[name].metaObject().indexOfProperty(prop) < 0]
+    uses = set(ui_member_uses())
+    assert len(uses) >= 20
+    missing = []
+    for name, member, called in sorted(uses):
+        made = children[name]
+        if called:
+            if member != "connect" and not hasattr(made, member):
+                missing.append(f"{name}.{member}()")
+        elif made.metaObject().indexOfProperty(member) < 0:
+            missing.append(f"{name}.{member}")
     assert missing == []
 
 

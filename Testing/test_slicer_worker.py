@@ -115,6 +115,10 @@ def test_bad_input_reaches_the_caller_as_its_message_and_the_worker_serves_on(lo
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     with pytest.raises(ModelError, match="corrupt"):
         logic.segment(volumeNode, model=corrupt, device="cpu")
+    answer = logic.request_description(corrupt).wait()  # what the panel shows: PyTorch found, the model not
+    assert answer["torch"] and answer["devices"][0][0] == "cpu" and answer["model_error"]["kind"] == "ModelError"
+    with pytest.raises(ModelError, match="corrupt"):
+        logic.model_description(corrupt, answer=answer)
     assert scene_summary(scene) == before
     assert logic.worker.pid == pid, "an error in a request does not end the worker"
     assert logic.segment(volumeNode, model=small_bundle_file, device="cpu") is not None
@@ -148,6 +152,8 @@ def test_a_worker_killed_from_outside_is_a_clear_error_and_the_next_run_starts_a
     assert scene_summary(scene) == before
     assert run.folder is None, "the run's files are removed"
     assert logic.segment(volumeNode, model=small_bundle_file, device="cpu") is not None, "a new worker serves"
+    assert not logic.release_idle_worker(3600) and logic.worker.running()
+    assert logic.release_idle_worker(0) and not logic.worker.running(), "an idle worker gives its memory back"
 
 
 @pytest.mark.parametrize("fake_torch, message", [

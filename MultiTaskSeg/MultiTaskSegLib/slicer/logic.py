@@ -35,9 +35,12 @@ from . import node_conversion as nodes
 from .node_conversion import volume_from_node
 from .result_store import ResultStore, SegmentationResult
 from .runs import InProcessRun, ModelDescription, SegmentationRun, WorkerRun
-from .worker_client import Log, Request, WorkerProcess
+from .worker_client import Log, Request, WorkerProcess, error_from_event
 
 Thresholds = Dict[Union[int, str], float]
+# Keeping the worker between runs saves its start (Python, torch, engine: ~3 s on CPU, more with CUDA)
+# and the model loading at each Segment; after this long unused it gives its memory back.
+IDLE_WORKER_SECONDS = 600
 SegmenterFactory = Callable[[Any, str], Any]
 
 __all__ = ["MultiTaskSegLogic", "volume_from_node"]
@@ -61,6 +64,11 @@ class MultiTaskSegLogic:
         self._saved_bundles: Dict[int, str] = {}
         self._bundle_folder: Optional[str] = None
         self.results = ResultStore()
+
+    def release_idle_worker(self, seconds: float = IDLE_WORKER_SECONDS) -> bool:
+        """Stop the worker when it has served nothing for ``seconds`` (the panel calls this now and
+        then): an idle worker holds torch, the model and a few hundred MB. True when it was stopped."""
+        return self.worker is not None and self.worker.stop_if_idle(seconds)
 
     def shutdown(self) -> None:
         """Stop the worker process and forget every result (module cleanup, reload)."""
@@ -109,6 +117,8 @@ class MultiTaskSegLogic:
                 description = ModelDescription.from_bundle(self.load_bundle(model))
             else:
                 answer = answer or self.request_description(model).wait()
+                if "model_error" in answer:
+                    raise error_from_event(answer["model_error"])
                 description = ModelDescription.from_json(answer["model"])
             self._descriptions[(key, stamp)] = description
         return self._descriptions[(key, stamp)]

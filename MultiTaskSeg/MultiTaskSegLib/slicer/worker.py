@@ -80,8 +80,14 @@ class Worker:
             "torch": torch.__version__, "cuda": torch.version.cuda,
             "devices": [list(device) for device in available_devices()],
         }
+        from MultiTaskSegLib.engine.errors import MultiTaskSegError
+
         model = request.get("model")
-        bundle = bundle_from_metadata(read_metadata(model), path=None)  # validated, weights untouched
+        try:  # a bad model is the model's problem: PyTorch and the devices are still worth showing
+            bundle = bundle_from_metadata(read_metadata(model), path=None)  # validated, weights untouched
+        except MultiTaskSegError as error:
+            answer["model_error"] = {"kind": type(error).__name__, "message": str(error)}
+            return answer
         answer["model"] = {
             "path": str(model or default_model_path()),
             "classes": [info.to_json() for info in bundle.classes],

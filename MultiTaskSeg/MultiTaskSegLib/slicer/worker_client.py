@@ -140,6 +140,8 @@ class Request:
                 self.error = error_from_event(event, self.worker.log_tail())
         if not self.finished and (self.process is not self.worker.process or self.process.poll() is not None):
             self.error = self.worker.death_error(self.process.returncode)
+        if self.finished:
+            self.worker.done(self.id)
         return progress
 
     def cancel(self) -> None:
@@ -147,6 +149,7 @@ class Request:
         if not self.finished:
             self.cancelled = True
             self.worker.stop()
+            self.worker.done(self.id)
 
     def wait(self, progress: Optional[Callable[[float, str], None]] = None,
              cancel: Optional[Callable[[], bool]] = None, interval: float = 0.02) -> Dict[str, Any]:
@@ -201,6 +204,7 @@ class WorkerProcess:
         self.folder: Optional[str] = None
         self.ready: Optional[Dict[str, Any]] = None  # the worker's "ready" event
         self.started_at: Optional[float] = None
+        self.last_activity = 0.0  # time.time() of the last request sent or event read
         self._fatal: Optional[Dict[str, Any]] = None
         self._events: Optional[protocol.FileTail] = None
         self._log_tail: Optional[protocol.FileTail] = None
@@ -232,7 +236,7 @@ class WorkerProcess:
         else:
             options["start_new_session"] = True  # its own process group: one kill reaches the launcher's child
         command = [self.python or worker_python(), "-u", WORKER_SCRIPT]
-        self.started_at = time.time()
+        self.started_at = self.last_activity = time.time()
         try:
             self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr,
                                             cwd=self.folder, **options)
@@ -285,6 +289,7 @@ class WorkerProcess:
         request_id = request_id or self.new_id(command)
         message = dict(fields, command=command, id=request_id)
         self._pending[request_id] = []
+        self.last_activity = time.time()
         try:
             self.process.stdin.write(protocol.encode(message).encode("utf-8"))
             self.process.stdin.flush()
@@ -301,6 +306,7 @@ class WorkerProcess:
             if self.log:
                 self.log(line)
         for line in self._events.read_lines():
+            self.last_activity = time.time()
             event = protocol.decode(line)
             kind = event.get("event")
             if kind == protocol.READY:
@@ -319,8 +325,26 @@ class WorkerProcess:
     def poll_request(self, request_id: str) -> List[Dict[str, Any]]:
         self.poll()
         events = self._pending.get(request_id, [])
-        self._pending[request_id] = []
+        if request_id in self._pending:
+            self._pending[request_id] = []
         return events
+
+    def done(self, request_id: str) -> None:
+        """A request is answered (or dead): its events are no longer kept."""
+        self._pending.pop(request_id, None)
+
+    @property
+    def busy(self) -> bool:
+        """A request was sent and is not answered yet."""
+        return bool(self._pending)
+
+    def stop_if_idle(self, seconds: float) -> bool:
+        """Stop a worker that has served nothing for ``seconds``: it holds torch, the model (on the
+        GPU too) and a few hundred MB of memory. The next request starts a new one."""
+        if self.running() and not self.busy and time.time() - self.last_activity > seconds:
+            self.stop()
+            return True
+        return False
 
     def log_tail(self) -> str:
         return "\n".join(self._recent_log)
