@@ -23,6 +23,7 @@ from .devices import available_devices, configure_device, default_precision, res
 from .geometry import Volume, from_canonical, to_canonical, validate_volume
 from .labelmap_rule import ProbabilityMaps, background_outside
 from .normalization import normalize, resolve_modality
+from .openvino_backend import choose_backend, with_openvino_conv_stack
 from .prepared_model import inference_model
 from .progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
 from .samples import dilated_by_one_voxel  # noqa: F401  (importable from here, as before)
@@ -40,7 +41,7 @@ class Segmenter:
 
     def __init__(self, bundle: ModelBundle, device: str = "auto", target_spacing: Optional[float] = None,
                  modality: str = "auto", precision: str = "auto", memory_budget_bytes: Optional[int] = None,
-                 keep_on_device: Optional[bool] = None):
+                 keep_on_device: Optional[bool] = None, backend: str = "auto"):
         self.bundle = bundle
         self.device = resolve_device(device)
         # The device path (device_segmentation) where the network runs on a GPU: resampling, masks
@@ -56,6 +57,10 @@ class Segmenter:
         self.model = bundle.model.to(self.device).eval()
         # BN folded into the convs, weights in the compute dtype: prepared once, reused per volume
         self.inference_model = inference_model(self.model, self.precision, self.device, channels_last=True)
+        # the conv stack compiled by OpenVINO where it is installed and faster (openvino_backend)
+        self.backend = choose_backend(backend, self.device, self.precision)
+        if self.backend == "openvino":
+            self.inference_model = with_openvino_conv_stack(self.inference_model)
 
     @property
     def device_description(self) -> str:

@@ -27,8 +27,8 @@ import torch
 from .geometry import (_SPACING_RELATIVE_TOLERANCE, CanonicalGrid, Volume, _canonical_extent, _check_canonical_size,
                        _exact_canonical_origin, _signed_permutation, default_target_spacing)
 
-# Output voxels per chunk: bounds the float64 indices (24 bytes per voxel) and the gathered corners;
-# a 512^2 x 300 volume goes through in ~19 chunks.
+# Output voxels (times channels) per chunk: bounds the float64 indices (24 bytes per voxel) and the
+# gathered corners (float32 per channel); a 512^2 x 300 volume goes through in ~19 chunks per channel.
 CHUNK_VOXELS = 1 << 22
 
 
@@ -77,12 +77,12 @@ def _affine_to_canonical(grid: CanonicalGrid) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def _trilinear(volume: torch.Tensor, index: torch.Tensor, fill: float) -> torch.Tensor:
-    """(C, n) float32 samples of ``volume`` (C, Z, Y, X) at continuous indices ``index`` (n, 3) in (i, j, k).
+    """(C, n) float32 samples of ``volume`` (C, Z, Y, X, any voxel type) at continuous indices
+    ``index`` (n, 3) in (i, j, k): the 8 voxels around each point are gathered in the volume's own
+    type and only they become float32, so no float copy of the volume (or of a channel) is made.
 
     ITK's rules: clamped to the edge within half a voxel outside, ``fill`` further out. The
-    weights come from float64 indices, so a point on a voxel takes exactly that voxel's value:
-    with float32 indices (as in ``grid_sample``) a 1e-7 weight on a neighbour made voxels beside
-    the air border slightly positive, and the sample rule (intensity > 0) classified them.
+    weights come from float64 indices, so a point on a voxel takes exactly that voxel's value.
     """
     channels, depth, rows, cols = volume.shape
     size = torch.tensor([cols, rows, depth], dtype=torch.float64, device=volume.device)
@@ -94,17 +94,16 @@ def _trilinear(volume: torch.Tensor, index: torch.Tensor, fill: float) -> torch.
     upper = torch.minimum(lower + 1, size.long() - 1)
     flat = volume.reshape(channels, -1)
 
-    def at(x, y, z):  # the voxels at integer (n,) coordinates
-        return flat[:, (z * rows + y) * cols + x]
+    def along_x(y, z):  # interpolated along x between the voxels at (lower x, y, z) and (upper x, y, z)
+        row = (z * rows + y) * cols
+        v0 = flat[:, row + lower[:, 0]].float()
+        return v0 + (flat[:, row + upper[:, 0]].float() - v0) * weight[:, 0]
 
-    corners = {}
-    for dz, z in ((0, lower[:, 2]), (1, upper[:, 2])):
-        for dy, y in ((0, lower[:, 1]), (1, upper[:, 1])):
-            v0, v1 = at(lower[:, 0], y, z), at(upper[:, 0], y, z)
-            corners[dz, dy] = v0 + (v1 - v0) * weight[:, 0]
-    near = corners[0, 0] + (corners[0, 1] - corners[0, 0]) * weight[:, 1]
-    far = corners[1, 0] + (corners[1, 1] - corners[1, 0]) * weight[:, 1]
-    samples = near + (far - near) * weight[:, 2]
+    planes = []
+    for z in (lower[:, 2], upper[:, 2]):
+        near = along_x(lower[:, 1], z)
+        planes.append(near + (along_x(upper[:, 1], z) - near) * weight[:, 1])
+    samples = planes[0] + (planes[1] - planes[0]) * weight[:, 2]
     return torch.where(inside, samples, torch.as_tensor(fill, dtype=samples.dtype, device=samples.device))
 
 
@@ -113,15 +112,14 @@ def _sample(source: torch.Tensor, out_shape: Tuple[int, int, int], affine: Tuple
     """Trilinear samples of ``source`` (C, Z, Y, X) at the points ``affine`` maps ``out``'s voxels to.
 
     ``out`` (C,) + ``out_shape`` receives them (cast to its dtype; rounded and clipped to its range
-    when ``rounded``), chunk by chunk of output planes.
+    when ``rounded``), chunk by chunk of output planes, every channel from the same indices.
     """
     a, b = (torch.as_tensor(m, dtype=torch.float64, device=source.device) for m in affine)
     depth, rows, cols = out_shape
     x = torch.arange(cols, dtype=torch.float64, device=source.device)[:, None] * a[:, 0]
     y = torch.arange(rows, dtype=torch.float64, device=source.device)[:, None] * a[:, 1]
-    volume = source.float()  # converted once, not per chunk
     limits = None if not rounded else (float(torch.iinfo(out.dtype).min), float(torch.iinfo(out.dtype).max))
-    planes = max(1, CHUNK_VOXELS // max(1, rows * cols))
+    planes = max(1, CHUNK_VOXELS // max(1, rows * cols * source.shape[0]))
     for z0 in range(0, depth, planes):
         z1 = min(depth, z0 + planes)
         z = torch.arange(z0, z1, dtype=torch.float64, device=source.device)[:, None] * a[:, 2]
@@ -129,7 +127,7 @@ def _sample(source: torch.Tensor, out_shape: Tuple[int, int, int], affine: Tuple
         # ITK computes in float64 too, by another route: indices within 1e-7 of a voxel are on it
         nearest = index.round()
         index = torch.where((index - nearest).abs() < 1e-7, nearest, index)
-        samples = _trilinear(volume, index, fill)
+        samples = _trilinear(source, index, fill)
         del index, nearest
         if rounded:
             samples = samples.round_().clamp_(*limits)
@@ -154,8 +152,8 @@ def to_canonical_on_device(array: torch.Tensor, grid: CanonicalGrid) -> torch.Te
 def from_canonical_on_device(maps: torch.Tensor, grid: CanonicalGrid, fill: float = 0.0) -> torch.Tensor:
     """(C, z, y, x) maps on the canonical grid back onto the input grid, on the same device.
 
-    Integer maps (uint8 probabilities) are interpolated in float32, rounded and clipped, one
-    channel at a time (only one float copy of one channel exists); ``geometry.from_canonical``.
+    Integer maps (uint8 probabilities) are interpolated in float32, rounded and clipped
+    (``geometry.from_canonical``); the voxels are read in their own type (see ``_trilinear``).
     """
     if grid.is_exact:
         source, flips = _canonical_axes(grid)
@@ -163,8 +161,6 @@ def from_canonical_on_device(maps: torch.Tensor, grid: CanonicalGrid, fill: floa
         inverse = np.argsort(source)
         return unflipped.permute(0, *[1 + int(a) for a in inverse]).contiguous()
     out = torch.empty((maps.shape[0],) + tuple(grid.input_shape), dtype=maps.dtype, device=maps.device)
-    rounded = not maps.dtype.is_floating_point
-    affine = _affine_to_canonical(grid)
-    for channel in range(maps.shape[0]):
-        _sample(maps[channel:channel + 1], tuple(grid.input_shape), affine, fill, out[channel:channel + 1], rounded)
+    _sample(maps, tuple(grid.input_shape), _affine_to_canonical(grid), fill, out,
+            rounded=not maps.dtype.is_floating_point)
     return out
