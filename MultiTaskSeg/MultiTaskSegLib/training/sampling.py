@@ -7,9 +7,13 @@ around it (with the 25-voxel context the network needs), so one forward pass ser
 of samples (dense.crops_logits). The loss weights in ``balanced_weights`` restore the balance the
 paper gets from sampling: every task weighs the same, and within a task every class present.
 
-Augmentation helps generalise from few images: intensity scale and gamma, Gaussian noise, a
-smooth multiplicative bias field (MR), small rotations and scalings, and left-right flips where
-anatomy allows.
+Augmentation helps generalise from few images and to users' scans: every block goes through a
+random pose, shape and resolution (spatial_randomization: rotations up to 30 degrees, scaling
+0.8-1.2, shear, elastic deformation, thick slices along any axis), for every task, so that no
+task's classes are tied to one orientation, resolution or field of view; then intensity scale
+and gamma, Gaussian noise, a smooth multiplicative bias field (MR), and left-right flips where
+anatomy allows. Cases with generation labels are not sampled directly: each block comes from the
+case's current synthetic volume (synthetic_cases.SyntheticPool), remade every few dozen blocks.
 """
 
 from __future__ import annotations
@@ -19,12 +23,17 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ..engine.crops import crop_with_zeros
 from .cases import PreparedCase
+from .spatial_randomization import BlockTransform, SpatialSettings, degrade_resolution, random_acquisition
+from .synthetic_cases import SyntheticPool
 
 # Left-right mirrored anatomy is still plausible anatomy for these tasks, not for the coronary tree.
 FLIP_TASKS = ("brain", "breast")
+# Share of augmented blocks drawn through a random pose (the others axis-aligned, as most scans are).
+POSE_SHARE = 0.8
 
 
 @dataclass
@@ -91,26 +100,52 @@ def _draw_centre(case: PreparedCase, classes: Sequence[int], rng: np.random.Gene
     return np.array(np.unravel_index(voxels[rng.integers(voxels.size)], case.labels.shape))
 
 
+def _labels_and_mask(case: PreparedCase) -> np.ndarray:
+    """Labels with the sample mask in bit 7, so one nearest-neighbour resampling moves both."""
+    cache = case.__dict__
+    if "_labels_and_mask" not in cache:
+        cache["_labels_and_mask"] = case.labels | (case.mask.astype(np.uint8) << 7)
+    return cache["_labels_and_mask"]
+
+
+def _posed_block(case: PreparedCase, centre: np.ndarray, block: int, halo: int, rng: np.random.Generator,
+                 spatial: SpatialSettings):
+    """(crop with context, labels, mask) of a block through a random pose and deformation."""
+    size, mid = block + 2 * halo, block // 2 + halo
+    transform = BlockTransform.random(rng, size, case.spacing, spatial)
+    coords = transform.coordinates(centre, size, mid)
+    crop = ndimage.map_coordinates(case.image, coords, order=1, mode="constant", cval=0.0, prefilter=False)
+    inner = coords[:, halo:halo + block, halo:halo + block, halo:halo + block]
+    packed = ndimage.map_coordinates(_labels_and_mask(case), inner, order=0, mode="constant", cval=0,
+                                     prefilter=False)
+    return crop.astype(np.float32, copy=False), packed & 0x7F, (packed >> 7).astype(bool)
+
+
 def sample_batch(cases_by_task: Mapping[str, Sequence[PreparedCase]], task_classes: Mapping[str, Sequence[int]],
                  modalities: Mapping[str, str], blocks_per_task: int, block: int, halo: int,
-                 rng: np.random.Generator, augmentation: bool = True) -> Batch:
-    """``blocks_per_task`` blocks of ``block``^3 voxels for every task, with their context."""
+                 rng: np.random.Generator, augmentation: bool = True, pool: Optional[SyntheticPool] = None,
+                 spatial: SpatialSettings = SpatialSettings()) -> Batch:
+    """``blocks_per_task`` blocks of ``block``^3 voxels for every task, with their context.
+
+    Cases with generation labels give blocks of their synthetic volumes from ``pool`` (a fresh
+    pool, hence a fresh volume per block, when none is given)."""
+    pool = pool if pool is not None else SyntheticPool()
     crops, labels, masks, tasks = [], [], [], []
     for task, cases in cases_by_task.items():
         classes = [0] + list(task_classes[task])
         for _ in range(blocks_per_task):
-            case = cases[rng.integers(len(cases))]
-            centre = _draw_centre(case, classes, rng)
-            start = centre - block // 2 + rng.integers(-(block // 4), block // 4 + 1, size=3)
-            window = (start - halo, (block + 2 * halo,) * 3)
-            crop = crop_with_zeros(case.image, *window)
-            label = crop_with_zeros(case.labels, *window)
-            mask = crop_with_zeros(case.mask, *window)
-            if augmentation and rng.random() < 0.5:
-                crop, label, mask = deform([crop, label, mask], rng)
-            inner = (slice(halo, halo + block),) * 3
-            label, mask = label[inner], mask[inner]
+            case = pool.volume(cases[rng.integers(len(cases))], rng)
+            centre = _draw_centre(case, classes, rng) + rng.integers(-(block // 4), block // 4 + 1, size=3)
+            if augmentation and rng.random() < POSE_SHARE:
+                crop, label, mask = _posed_block(case, centre, block, halo, rng, spatial)
+            else:
+                start = centre - block // 2
+                crop = crop_with_zeros(case.image, start - halo, (block + 2 * halo,) * 3)
+                label = crop_with_zeros(case.labels, start, (block,) * 3)
+                mask = crop_with_zeros(case.mask, start, (block,) * 3)
             if augmentation:
+                if rng.random() < spatial.acquisition_share:
+                    crop = degrade_resolution(crop, random_acquisition(rng, spatial), case.spacing, rng)
                 crop = augment(crop, modalities[task], rng)
                 if task in FLIP_TASKS and rng.random() < 0.5:
                     crop, label, mask = crop[..., ::-1], label[..., ::-1], mask[..., ::-1]
@@ -125,9 +160,12 @@ def sample_batch(cases_by_task: Mapping[str, Sequence[PreparedCase]], task_class
 def weighted_batches(cases_by_task: Mapping[str, Sequence[PreparedCase]], task_classes: Mapping[str, Sequence[int]],
                      modalities: Mapping[str, str], blocks_per_task: int, block: int, halo: int,
                      rng: np.random.Generator, augmentation: bool = True):
-    """Endless (crops, labels, mask, loss weights) of ``sample_batch`` batches drawn from ``rng``."""
+    """Endless (crops, labels, mask, loss weights) of ``sample_batch`` batches drawn from ``rng``;
+    synthetic volumes are kept for ``blocks_per_volume`` blocks each (synthetic_cases)."""
+    pool = SyntheticPool()
     while True:
-        batch = sample_batch(cases_by_task, task_classes, modalities, blocks_per_task, block, halo, rng, augmentation)
+        batch = sample_batch(cases_by_task, task_classes, modalities, blocks_per_task, block, halo, rng, augmentation,
+                             pool)
         yield batch.crops, batch.labels, batch.mask, balanced_weights(batch.labels, batch.mask, batch.tasks)
 
 
