@@ -127,8 +127,18 @@ class Request:
         """Progress (fraction, stage) reported since the last poll; sets answer or error at the end."""
         if self.finished:
             return []
-        progress = []
-        for event in self.worker.poll_request(self.id):
+        progress: List[Tuple[float, str]] = []
+        self._take(self.worker.poll_request(self.id), progress)
+        if not self.finished and (self.process is not self.worker.process or self.process.poll() is not None):
+            self._take(self.worker.poll_request(self.id), progress)  # what it wrote just before it ended
+            if not self.finished:
+                self.error = self.worker.death_error(self.process.returncode)
+        if self.finished:
+            self.worker.done(self.id)
+        return progress
+
+    def _take(self, events: List[Dict[str, Any]], progress: List[Tuple[float, str]]) -> None:
+        for event in events:
             kind = event.get("event")
             if kind == protocol.ACCEPTED:
                 self.accepted = True
@@ -138,11 +148,6 @@ class Request:
                 self.answer = event
             elif kind == protocol.ERROR:
                 self.error = error_from_event(event, self.worker.log_tail())
-        if not self.finished and (self.process is not self.worker.process or self.process.poll() is not None):
-            self.error = self.worker.death_error(self.process.returncode)
-        if self.finished:
-            self.worker.done(self.id)
-        return progress
 
     def cancel(self) -> None:
         """Kill the worker (the request dies with it); its files are removed."""
