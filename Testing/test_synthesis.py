@@ -12,7 +12,7 @@ from MultiTaskSegLib.training import generation_labels as gen
 from MultiTaskSegLib.training.cases import PreparedCase
 from MultiTaskSegLib.training.domain_randomization import corrupt, paint_labels
 from MultiTaskSegLib.training.head_synthesis import add_synthetic_head
-from MultiTaskSegLib.training.sampling import sample_batch
+from MultiTaskSegLib.training.sampling import cut_field_of_view, sample_batch
 from MultiTaskSegLib.training.spatial_randomization import (BlockTransform, SpatialSettings, degrade_resolution,
                                                             rotation_matrix)
 from MultiTaskSegLib.training.synthetic_cases import SynthesisSettings, SynthesisSource, SyntheticPool, synthesize
@@ -220,3 +220,12 @@ def test_corrupt_keeps_air_zero_or_noise_and_is_deterministic(head):
     np.testing.assert_array_equal(a, b)
     assert (a >= 0).all()
     assert np.percentile(a[air], 99) < 0.2 * np.median(a[generation == gen.code("cerebral white matter")])
+
+
+def test_field_of_view_cut_zeros_the_image_and_the_samples_beyond_it():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        crop, mask = np.ones((20, 20, 20), np.float32), np.ones((10, 10, 10), bool)
+        cut_field_of_view(crop, mask, 5, rng)
+        assert 0 < (crop == 0).mean() <= 0.5
+        np.testing.assert_array_equal(mask, crop[5:15, 5:15, 5:15] > 0)

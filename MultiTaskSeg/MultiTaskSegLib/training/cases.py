@@ -51,7 +51,9 @@ class PreparedCase:
         """Flat indices of the sample voxels of one class (computed once, then kept)."""
         cache = self.__dict__.setdefault("_class_voxels", {})
         if class_index not in cache:
-            cache[class_index] = np.flatnonzero(self.mask & (self.labels == class_index)).astype(np.int64)
+            # int32 halves the memory of a whole head's background (10 million voxels) in every worker
+            index_type = np.int32 if self.labels.size < 2 ** 31 else np.int64
+            cache[class_index] = np.flatnonzero(self.mask & (self.labels == class_index)).astype(index_type)
         return cache[class_index]
 
 

@@ -34,6 +34,9 @@ from .synthetic_cases import SyntheticPool
 FLIP_TASKS = ("brain", "breast")
 # Share of augmented blocks drawn through a random pose (the others axis-aligned, as most scans are).
 POSE_SHARE = 0.8
+# Share of augmented blocks (of cases not synthesised, which get theirs per volume) cut by the edge
+# of a field of view: scans end anywhere, and what lies beyond is 0.
+FOV_SHARE = 0.15
 
 
 @dataclass
@@ -121,6 +124,20 @@ def _posed_block(case: PreparedCase, centre: np.ndarray, block: int, halo: int, 
     return crop.astype(np.float32, copy=False), packed & 0x7F, (packed >> 7).astype(bool)
 
 
+def cut_field_of_view(crop: np.ndarray, mask: np.ndarray, halo: int, rng: np.random.Generator) -> None:
+    """Zero the crop beyond a random plane parallel to one of its faces, as the edge of a scan's
+    field of view would (in place); the block's voxels there stop being samples."""
+    axis, size = int(rng.integers(3)), crop.shape[0]
+    depth = int(rng.integers(halo // 2 + 1, size // 2 + 1))
+    region, inner = [slice(None)] * 3, [slice(None)] * 3
+    if rng.random() < 0.5:
+        region[axis], inner[axis] = slice(0, depth), slice(0, max(depth - halo, 0))
+    else:
+        region[axis], inner[axis] = slice(size - depth, size), slice(max(size - depth - halo, 0), mask.shape[axis])
+    crop[tuple(region)] = 0.0
+    mask[tuple(inner)] = False
+
+
 def sample_batch(cases_by_task: Mapping[str, Sequence[PreparedCase]], task_classes: Mapping[str, Sequence[int]],
                  modalities: Mapping[str, str], blocks_per_task: int, block: int, halo: int,
                  rng: np.random.Generator, augmentation: bool = True, pool: Optional[SyntheticPool] = None,
@@ -134,7 +151,8 @@ def sample_batch(cases_by_task: Mapping[str, Sequence[PreparedCase]], task_class
     for task, cases in cases_by_task.items():
         classes = [0] + list(task_classes[task])
         for _ in range(blocks_per_task):
-            case = pool.volume(cases[rng.integers(len(cases))], rng)
+            source = cases[rng.integers(len(cases))]
+            case = pool.volume(source, rng)
             centre = _draw_centre(case, classes, rng) + rng.integers(-(block // 4), block // 4 + 1, size=3)
             if augmentation and rng.random() < POSE_SHARE:
                 crop, label, mask = _posed_block(case, centre, block, halo, rng, spatial)
@@ -144,6 +162,9 @@ def sample_batch(cases_by_task: Mapping[str, Sequence[PreparedCase]], task_class
                 label = crop_with_zeros(case.labels, start, (block,) * 3)
                 mask = crop_with_zeros(case.mask, start, (block,) * 3)
             if augmentation:
+                if source.synthesis is None and rng.random() < FOV_SHARE:
+                    crop, mask = np.array(crop), np.array(mask)
+                    cut_field_of_view(crop, mask, halo, rng)
                 if rng.random() < spatial.acquisition_share:
                     crop = degrade_resolution(crop, random_acquisition(rng, spatial), case.spacing, rng)
                 crop = augment(crop, modalities[task], rng)
