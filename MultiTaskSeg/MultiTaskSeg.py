@@ -225,7 +225,7 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.dependenciesLabel.text = problems
         if problems:
             self.ui.environmentCollapsibleButton.collapsed = False
-            self.ui.environmentLabel.text = "PyTorch is needed to segment."
+            self.ui.environmentLabel.text = "Install the missing packages to segment."
             self._updateButtons()
             return
         self._describeModel()
@@ -268,13 +268,13 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._refreshDependencies()
 
     def onReinstallTorch(self) -> None:
-        if not slicer.util.confirmOkCancelDisplay(
-                f"Uninstall PyTorch and install {dependencies.torch_build_promise()}? Restart Slicer afterwards."):
+        if not slicer.util.confirmOkCancelDisplay(f"Uninstall PyTorch and install {dependencies.torch_build_promise()}?"):
             return
         self.logic.shutdown()  # the worker holds torch's files open (Windows cannot replace them then)
         with slicer.util.tryWithErrorDisplay("Reinstalling PyTorch failed.", waitCursor=True):
             dependencies.install_torch(reinstall=True)
-            slicer.util.infoDisplay("PyTorch was reinstalled. Restart Slicer to use it.")
+        # A new worker imports the new torch: Slicer's own process never imported it, no restart needed.
+        self._refreshDependencies()
 
     def _fillDevices(self) -> None:
         combo = self.ui.deviceComboBox
