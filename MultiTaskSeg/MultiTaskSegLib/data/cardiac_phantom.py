@@ -7,7 +7,6 @@ from typing import List, Sequence, Tuple
 import numpy as np
 from scipy import ndimage
 
-from ..engine.geometry import Volume
 from .phantom_shapes import grid_mm, centred_volume, smoothed_noise, random_curve, render_tubes, soft_inside
 
 CARDIAC_SHAPE = (96, 144, 144)
