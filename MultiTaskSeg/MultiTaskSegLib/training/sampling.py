@@ -144,15 +144,16 @@ def sample_batch(cases_by_task: Mapping[str, Sequence[PreparedCase]], task_class
                  spatial: SpatialSettings = SpatialSettings()) -> Batch:
     """``blocks_per_task`` blocks of ``block``^3 voxels for every task, with their context.
 
-    Cases with generation labels give blocks of their synthetic volumes from ``pool`` (a fresh
-    pool, hence a fresh volume per block, when none is given)."""
+    With ``augmentation``, cases with generation labels give blocks of their synthetic volumes from
+    ``pool`` (a fresh pool, hence a fresh volume per block, when none is given); without, every
+    case is sampled as it is (``--no-augmentation`` trains on the images as they are)."""
     pool = pool if pool is not None else SyntheticPool()
     crops, labels, masks, tasks = [], [], [], []
     for task, cases in cases_by_task.items():
         classes = [0] + list(task_classes[task])
         for _ in range(blocks_per_task):
             source = cases[rng.integers(len(cases))]
-            case = pool.volume(source, rng)
+            case = pool.volume(source, rng) if augmentation else source
             centre = _draw_centre(case, classes, rng) + rng.integers(-(block // 4), block // 4 + 1, size=3)
             if augmentation and rng.random() < POSE_SHARE:
                 crop, label, mask = _posed_block(case, centre, block, halo, rng, spatial)
