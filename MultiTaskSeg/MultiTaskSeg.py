@@ -151,8 +151,9 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.release_idle_worker()
 
     def cleanup(self) -> None:
-        self._pollTimer.stop()
-        self._idleTimer.stop()
+        for name in ("_pollTimer", "_idleTimer", "_sliderTimer", "_modelPathTimer"):
+            if hasattr(self, name):  # absent when setup() failed half-way
+                getattr(self, name).stop()
         if self.logic is not None:
             self.logic.shutdown()  # kills the worker process
         self.removeObservers()

@@ -128,3 +128,32 @@ def test_reload_forgets_the_package_so_it_is_imported_afresh(tmp_path, monkeypat
 
     importlib.invalidate_caches()
     assert importlib.import_module("reloadme.part").VALUE == 2
+
+
+def test_the_worker_runs_in_slicers_python_inside_slicer_and_in_this_one_outside(tmp_path, monkeypatch):
+    import os
+    import types
+
+    from MultiTaskSegLib.slicer import worker_client
+
+    monkeypatch.delenv(worker_client.PYTHON_ENV_VAR, raising=False)
+    outside = types.ModuleType("slicer")  # the slicer-core wheel: no application
+    monkeypatch.setitem(sys.modules, "slicer", outside)
+    assert worker_client.worker_python() == sys.executable
+
+    inside = types.ModuleType("slicer")
+    inside.app = types.SimpleNamespace(slicerHome=str(tmp_path))
+    monkeypatch.setitem(sys.modules, "slicer", inside)
+    launcher = tmp_path / "bin" / ("PythonSlicer.exe" if os.name == "nt" else "PythonSlicer")
+    launcher.parent.mkdir()
+    launcher.write_text("")
+    monkeypatch.setattr(worker_client.shutil, "which", lambda name: None)  # not on PATH: found in slicerHome
+    assert worker_client.worker_python() == str(launcher)
+    monkeypatch.setattr(worker_client.shutil, "which", lambda name: "/opt/Slicer/bin/PythonSlicer")
+    assert worker_client.worker_python() == "/opt/Slicer/bin/PythonSlicer"
+    launcher.unlink()
+    monkeypatch.setattr(worker_client.shutil, "which", lambda name: None)
+    with pytest.raises(WorkerError, match="PythonSlicer"):
+        worker_client.worker_python()
+    monkeypatch.setenv(worker_client.PYTHON_ENV_VAR, "/usr/bin/python3")
+    assert worker_client.worker_python() == "/usr/bin/python3"
