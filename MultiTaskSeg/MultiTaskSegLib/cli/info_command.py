@@ -24,7 +24,7 @@ def _run_info(args) -> int:
     from ..engine.bundle_schema import parameter_count_of, validate_architecture
 
     path = Path(args.model) if args.model else default_model_path()
-    if args.model is None and not path.is_file():
+    if args.model is None and not path.exists():
         raise InputError(f"No model given and the default model {path} is not there: give a model file "
                          f"('{PROG} info MODEL'), set ${MODEL_ENV_VAR}, or create the default one with 'make demo'.")
     metadata = read_metadata(path)  # checked against the schema

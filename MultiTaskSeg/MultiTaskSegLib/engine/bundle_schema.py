@@ -36,8 +36,18 @@ MAX_PARAMETERS = 50_000_000
 TARGET_SPACING_RANGE_MM = (0.01, 100.0)
 
 _JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
-# A probe image with the intensities of both modalities (air, tissue, contrast, bone).
-_PROBE = np.array([-1024.0, -500.0, 0.0, 1.0, 40.0, 300.0, 1000.0, 3000.0], np.float32).reshape(2, 2, 2)
+
+
+def _probe_image() -> np.ndarray:
+    """A small head-like image for trying normalisation rules: a ball of tissue whose intensity
+    rises towards a bright core (a few modes for MR rules, HU-like values for CT windows) in air."""
+    z, y, x = np.mgrid[-8:8, -8:8, -8:8].astype(np.float32) + 0.5
+    radius = np.sqrt(x * x + y * y + z * z)
+    image = np.where(radius < 7, 100.0 + 100.0 * np.round(7 - radius), 0.0).astype(np.float32)
+    return image
+
+
+_PROBE = _probe_image()
 
 
 def check_json_depth(text: str, where: str, limit: int = MAX_JSON_DEPTH) -> None:
@@ -138,7 +148,7 @@ def _check_rule_applies(rules: Mapping[str, Mapping], modality: str, where: str)
             warnings.simplefilter("ignore")
             result = normalize(_PROBE, modality, rules)
         finite = bool(np.all(np.isfinite(np.asarray(result, dtype=np.float64))))
-    except (InputError, KeyError, TypeError, ValueError, ArithmeticError, IndexError) as error:
+    except (InputError, KeyError, TypeError, ValueError, ArithmeticError, IndexError, MemoryError) as error:
         raise ModelError(f"{where}: the intensity normalisation for {modality} ({dict(rules[modality])}) cannot be "
                          f"applied: {error!r}. The model file is damaged or needs a newer MultiTaskSeg.") from None
     if not finite:

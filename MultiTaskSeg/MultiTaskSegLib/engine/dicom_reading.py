@@ -56,7 +56,11 @@ def read_dicom_folder(folder: Path, series_uid: Optional[str], check_size: Serie
         names = [Path(folder) / Path(f).name for f in files]  # for messages: the user's paths
         with itk_file_names(files) as readable:
             if len(readable) > 1:
-                check_slice_grid(readable, names, f"DICOM series {uid} in {folder}")
+                try:
+                    order = check_slice_grid(readable, names, f"DICOM series {uid} in {folder}")
+                except InputError as error:
+                    raise InputError(f"{error}{_unreadable_files_note(folder, listed, uids)}") from None
+                readable = [readable[i] for i in order]
             check_size(readable[0], len(readable), f"DICOM series {uid} in {folder}")
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(readable)
@@ -81,6 +85,17 @@ def _refuse_special_entries(folder: Path) -> None:
         if not (entry.is_file() or entry.is_dir()):
             raise InputError(f"The DICOM folder {folder} holds {entry.name!s}, {file_kind(mode)}; reading the "
                              f"folder could block forever. Move it out of the folder.")
+
+
+def _unreadable_files_note(folder: Path, listed: str, uids: Sequence[str]) -> str:
+    """" (Not DICOM or unreadable: ...)" for the folder's files in no series: a corrupt slice is
+    one GDCM leaves out, so it shows as a gap."""
+    in_series = {Path(f).name for uid in uids for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(listed, uid)}
+    others = sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.name not in in_series)
+    if not others:
+        return ""
+    shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+    return f" The folder also holds files that are not readable DICOM (a corrupt slice?): {shown}."
 
 
 def _series_summary(folder: str, uid: str) -> str:
@@ -108,8 +123,9 @@ def _numbers(reader: sitk.ImageFileReader, tag: str, count: int) -> Optional[np.
     return values if values.size == count and np.all(np.isfinite(values)) else None
 
 
-def check_slice_grid(files: Sequence[str], names: Sequence[Path], source: str) -> None:
-    """Refuse slices that cannot be read or do not form one regular grid (see module docstring)."""
+def check_slice_grid(files: Sequence[str], names: Sequence[Path], source: str) -> List[int]:
+    """Refuse slices that cannot be read or do not form one regular grid (see module docstring);
+    returns the slices' order along the slice normal (the order ITK must read them in)."""
     positions, orientations, sizes = [], [], []
     for file, name in zip(files, names):
         reader = sitk.ImageFileReader()
@@ -136,7 +152,7 @@ def check_slice_grid(files: Sequence[str], names: Sequence[Path], source: str) -
         if size != sizes[0]:
             raise InputError(f"Cannot read {source}: slice {name.name} is {size[0]} x {size[1]} pixels, "
                              f"{names[0].name} {sizes[0][0]} x {sizes[0][1]}; one series must be one stack.")
-    _check_positions(np.array(positions), orientations[0], names, source)
+    return _check_positions(np.array(positions), orientations[0], names, source)
 
 
 def _check_slice_complete(reader: sitk.ImageFileReader, file: str, name: Path, source: str) -> None:
@@ -153,32 +169,35 @@ def _check_slice_complete(reader: sitk.ImageFileReader, file: str, name: Path, s
                          f"Copy or export the series again.")
 
 
-def _check_positions(positions: np.ndarray, orientation: np.ndarray, names: Sequence[Path], source: str) -> None:
+def _check_positions(positions: np.ndarray, orientation: np.ndarray, names: Sequence[Path], source: str) -> List[int]:
     normal = np.cross(orientation[:3], orientation[3:])
+    order = [int(i) for i in np.argsort(positions @ normal, kind="stable")]
+    positions, names = positions[order], [names[i] for i in order]
     steps = np.diff(positions, axis=0)
     along = steps @ normal
-    order = "; ".join(f"{name.name} at {p:.4g} mm" for name, p in zip(names, positions @ normal))
+    listing = "; ".join(f"{name.name} at {p:.4g} mm" for name, p in zip(names, positions @ normal))
     for index, distance in enumerate(along):
         if abs(distance) <= _SPACING_ABSOLUTE_TOLERANCE_MM:
             raise InputError(f"Cannot read {source}: slices {names[index].name} and {names[index + 1].name} are at "
                              f"the same position ({distance:.4g} mm apart); the series holds duplicate slices. "
                              f"Remove the duplicates (or separate the stacks into their own folders).")
-    typical = float(np.median(np.abs(along)))
+    typical = float(np.median(along))  # sorted: every step is positive
     tolerance = max(_SPACING_RELATIVE_TOLERANCE * typical, _SPACING_ABSOLUTE_TOLERANCE_MM)
     for index, distance in enumerate(along):
-        if np.sign(distance) != np.sign(along[0]) or abs(abs(distance) - typical) > tolerance:
+        if abs(distance - typical) > tolerance:
             missing = int(round(abs(distance) / typical)) - 1 if typical > 0 else 0
             what = (f"about {missing} slice(s) are missing there" if missing >= 1
                     else "the slices are not evenly spaced")
             raise InputError(f"Cannot read {source}: slices {names[index].name} and {names[index + 1].name} are "
                              f"{abs(distance):.4g} mm apart, the others {typical:.4g} mm: {what}. MultiTaskSeg "
-                             f"segments only complete, evenly spaced series (slice positions: {_short(order)}). "
+                             f"segments only complete, evenly spaced series (slice positions: {_short(listing)}). "
                              f"Export the complete series.")
     in_plane = steps - np.outer(along, normal)
     if np.max(np.linalg.norm(in_plane, axis=1)) > tolerance:
         raise InputError(f"Cannot read {source}: each slice is shifted within its plane from the previous one "
                          f"(a tilted gantry or a sheared stack), which a regular grid cannot place. Resample the "
                          f"series onto an orthogonal grid first (e.g. Slicer's 'Gantry tilt correction').")
+    return order
 
 
 def _text(values: np.ndarray) -> str:

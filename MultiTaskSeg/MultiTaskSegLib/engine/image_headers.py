@@ -8,10 +8,12 @@ The data files are inputs too: the output planner keeps outputs off them.
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import re
 import stat
+import zlib
 from pathlib import Path
 from typing import List, Optional
 
@@ -56,8 +58,9 @@ def check_regular_file(path: PathLike, what: str = "Input") -> None:
     could block forever or never end."""
     try:
         mode = os.stat(path).st_mode
-    except OSError as error:
-        raise InputError(f"{what} {os.fspath(path)!s} cannot be opened: {error.strerror}. Check the path.") from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL in a name a header gives
+        reason = getattr(error, "strerror", None) or str(error)
+        raise InputError(f"{what} {os.fspath(path)!r} cannot be opened: {reason}. Check the path.") from None
     if not stat.S_ISREG(mode):
         raise InputError(f"{what} {os.fspath(path)!s} is {file_kind(mode)}, not a regular file; reading it could "
                          f"block forever. Give an image file saved on disk.")
@@ -77,8 +80,8 @@ def check_header(path: PathLike) -> List[Path]:
         for data_file in files:
             check_regular_file(data_file, f"The data file of {path}:")
         return files
-    if suffix == ".nii":  # .nii.gz would need decompressing; ITK's own check refuses zero there
-        _check_nifti_spacing(path)
+    if suffix in (".nii", ".nii.gz"):
+        _check_nifti_geometry(path, compressed=suffix == ".nii.gz")
     return []
 
 
@@ -166,16 +169,26 @@ def _pattern_names(path: Path, words: List[str]) -> List[str]:
         raise InputError(f"Cannot read {path}: its data file pattern {words[0]!r} is malformed.") from None
 
 
-def _check_nifti_spacing(path: Path) -> None:
-    """ITK reports an infinite NIfTI voxel size as zero spacing; say what it is."""
-    with open(path, "rb") as stream:
-        header = stream.read(540)
-    spacing: Optional[np.ndarray] = None
+def _check_nifti_geometry(path: Path, compressed: bool) -> None:
+    """The voxel size and the orientation numbers (quaternion, offsets, affine rows) of a NIfTI
+    header must be finite: ITK reports an infinite voxel size as zero spacing, and its reading of
+    the header never returns on some infinite affines."""
+    try:
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as stream:
+            header = stream.read(540)
+    except (OSError, EOFError, zlib.error):
+        return  # not readable as NIfTI: ITK's reading says why
+    fields: Optional[np.ndarray] = None
     for order in "<>":
         if len(header) >= 348 and int(np.frombuffer(header[:4], order + "i4")[0]) == 348:
-            spacing = np.frombuffer(header[76:108], order + "f4")[1:4].astype(np.float64)
+            pixdim = np.frombuffer(header[76:108], order + "f4")[1:4]
+            affine = np.frombuffer(header[256:328], order + "f4")  # quatern b, c, d, qoffset x, y, z, srow
+            fields = np.concatenate([pixdim, affine]).astype(np.float64)
         elif len(header) >= 540 and int(np.frombuffer(header[:4], order + "i4")[0]) == 540:
-            spacing = np.frombuffer(header[104:168], order + "f8")[1:4]
-    if spacing is not None and not np.all(np.isfinite(spacing)):
-        raise InputError(f"Cannot read {path}: its header gives the voxel size {tuple(spacing.tolist())}, "
-                         f"which is not finite: the header is damaged. Fix the voxel size and save it again.")
+            pixdim = np.frombuffer(header[104:168], order + "f8")[1:4]
+            affine = np.frombuffer(header[352:496], order + "f8")
+            fields = np.concatenate([pixdim, affine])
+    if fields is not None and not np.all(np.isfinite(fields)):
+        raise InputError(f"Cannot read {path}: its header gives a voxel size {tuple(fields[:3].tolist())} or an "
+                         f"orientation that is not finite (NaN or infinite): the header is damaged. Fix the geometry "
+                         f"and save it again.")

@@ -57,7 +57,10 @@ def _nifti_expected_bytes(header: bytes) -> Optional[int]:
         if size == 348:  # NIfTI-1: dim int16[8] @40, bitpix int16 @72, vox_offset float32 @108
             dims = np.frombuffer(header[40:56], dtype=order + "i2").astype(np.int64)
             bitpix = int(np.frombuffer(header[72:74], dtype=order + "i2")[0])
-            offset = int(np.frombuffer(header[108:112], dtype=order + "f4")[0])
+            offset_value = float(np.frombuffer(header[108:112], dtype=order + "f4")[0])
+            if not np.isfinite(offset_value):
+                return None  # a damaged header: ITK's reading says so
+            offset = int(offset_value)
         elif size == 540 and len(header) >= 540:  # NIfTI-2: bitpix @14, dim int64[8] @16, vox_offset @168
             bitpix = int(np.frombuffer(header[14:16], dtype=order + "i2")[0])
             dims = np.frombuffer(header[16:80], dtype=order + "i8")

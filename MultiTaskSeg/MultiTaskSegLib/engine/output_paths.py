@@ -65,32 +65,43 @@ def _inode(path: PathLike) -> Optional[Tuple[int, int]]:
     return status.st_dev, status.st_ino
 
 
-class _CaseRule:
-    """Whether folders compare file names case-insensitively (macOS, Windows by default), probed
-    once per existing folder by creating a hidden file and asking for its upper-case name."""
+class _FolderProbe:
+    """What creating a file in a folder shows, probed once per existing folder with a hidden file:
+    whether files can be created there at all (permissions, read-only mounts, /proc), and whether
+    the folder compares names case-insensitively (macOS, Windows by default: the upper-case name
+    of the probe then exists too)."""
 
     def __init__(self) -> None:
-        self._known: Dict[str, bool] = {}
+        self._known: Dict[str, Tuple[Optional[str], bool]] = {}
+
+    def probe(self, folder: Path) -> Tuple[Optional[str], bool]:
+        """(why no file can be created in ``folder`` or its nearest existing ancestor, or None;
+        whether names there compare case-insensitively)."""
+        ancestor = _existing_ancestor(folder)
+        if ancestor is None:
+            return None, False
+        if str(ancestor) not in self._known:
+            self._known[str(ancestor)] = _probe(ancestor, folder)
+        return self._known[str(ancestor)]
 
     def key(self, path: str) -> str:
-        folder = _existing_ancestor(Path(path).parent)
-        if folder is None:
-            return path
-        insensitive = self._known.get(str(folder))
-        if insensitive is None:
-            insensitive = self._known[str(folder)] = _folder_is_case_insensitive(folder)
+        insensitive = self.probe(Path(path).parent)[1]
         return unicodedata.normalize("NFC", path).casefold() if insensitive else path
 
 
-def _folder_is_case_insensitive(folder: Path) -> bool:
+def _probe(ancestor: Path, folder: Path) -> Tuple[Optional[str], bool]:
+    if not ancestor.is_dir():
+        return (f"{ancestor!s} is a file, not a folder, so {folder!s} cannot hold outputs; choose another "
+                f"output."), False
     try:
-        handle, name = tempfile.mkstemp(prefix=".multitaskseg-case-probe-", dir=folder)
-    except OSError:
-        return os.name == "nt" or os.uname().sysname == "Darwin"  # unwritable: assume the platform's default
+        handle, name = tempfile.mkstemp(prefix=".multitaskseg-probe-", dir=ancestor)
+    except OSError as error:
+        return (f"Cannot create outputs in {folder!s}: {ancestor!s} does not take new files ({error.strerror}). "
+                f"Choose a writable folder."), False
     os.close(handle)
     try:
         probe = Path(name)
-        return os.path.exists(probe.with_name(probe.name.upper()))
+        return None, os.path.exists(probe.with_name(probe.name.upper()))
     finally:
         os.unlink(name)
 
@@ -98,20 +109,8 @@ def _folder_is_case_insensitive(folder: Path) -> bool:
 def _existing_ancestor(folder: Path) -> Optional[Path]:
     folder = Path(os.path.abspath(folder))
     for candidate in (folder,) + tuple(folder.parents):
-        if candidate.exists():
+        if os.path.lexists(candidate):
             return candidate
-    return None
-
-
-def folder_problem(folder: Path) -> Optional[str]:
-    """Why files cannot be created in ``folder`` (created if missing), or None."""
-    ancestor = _existing_ancestor(folder)
-    if ancestor is None:
-        return None
-    if not ancestor.is_dir():
-        return f"{ancestor!s} is a file, not a folder, so {folder!s} cannot hold outputs; choose another output."
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return f"Cannot create outputs in {folder!s}: {ancestor!s} is not writable (permission denied or read-only)."
     return None
 
 
@@ -122,7 +121,7 @@ def check_output_paths(outputs: Sequence[Tuple[Path, Optional[Path]]], inputs: S
     real_inputs = {real_path(p): p for p in sources}
     inodes = {_inode(p): p for p in sources}
     inodes.pop(None, None)
-    rule = _CaseRule()
+    folders = _FolderProbe()
     planned: Dict[str, Path] = {}
     for path, folder in outputs:
         real = real_path(path)
@@ -135,10 +134,10 @@ def check_output_paths(outputs: Sequence[Tuple[Path, Optional[Path]]], inputs: S
                               f"comes from the model's class names. Check the model file.")
         if Path(path).is_dir():
             raise OutputError(f"The output {path!s} is a folder; give a file name or remove the folder.")
-        problem = folder_problem(Path(path).parent)
+        problem = folders.probe(Path(path).parent)[0]
         if problem:
             raise OutputError(problem)
-        key = rule.key(real)
+        key = folders.key(real)
         if key in planned:
             raise OutputError(f"Two outputs of this run would be the same file: {planned[key]!s} and {path!s} "
                               f"(names differing only in case are one file on this file system). Rename an input, "

@@ -25,10 +25,12 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def memory_text(num_bytes: float) -> str:
-    """Human-readable memory size (MiB below 1 GiB)."""
+    """Human-readable memory size (MiB below 1 GiB, TiB from 1 TiB)."""
     if num_bytes < 2 ** 30:
         return f"{num_bytes / 2 ** 20:.1f} MiB"
-    return f"{num_bytes / 2 ** 30:.1f} GiB"
+    if num_bytes < 2 ** 40:
+        return f"{num_bytes / 2 ** 30:.1f} GiB"
+    return f"{num_bytes / 2 ** 40:.3g} TiB"
 
 
 def dimensionality_problem(dimension: int, components: int, what: str) -> str:

@@ -62,7 +62,10 @@ def _nifti_data_offset(path: Path, compressed: bool) -> int:
         header = stream.read(540)
     for order in "<>":
         if len(header) >= 348 and int(np.frombuffer(header[:4], order + "i4")[0]) == 348:
-            return max(348, int(np.frombuffer(header[108:112], order + "f4")[0]))
+            offset = float(np.frombuffer(header[108:112], order + "f4")[0])
+            if not np.isfinite(offset):
+                raise ValueError("the NIfTI data offset is not a number")
+            return max(348, int(offset))
         if len(header) >= 540 and int(np.frombuffer(header[:4], order + "i4")[0]) == 540:
             return max(540, int(np.frombuffer(header[168:176], order + "i8")[0]))
     raise ValueError("no NIfTI header")
