@@ -19,12 +19,12 @@ looks at the whole image, sees what it will see at inference.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import generation_labels as gen
-from .random_fields import smooth_field
+from .random_fields import smooth_multiplier
 
 
 @dataclass(frozen=True)
@@ -64,28 +64,32 @@ def paint_labels(generation: np.ndarray, spacing: Sequence[float], rng: np.rando
     spreads[codes] = rng.uniform(*settings.spread, size=len(codes))
     spreads[gen.code("air")] = 0.0
     image = means[generation]
-    image *= 1.0 + settings.texture * smooth_field(rng, generation.shape, spacing, 10.0)
+    image *= smooth_multiplier(rng, generation.shape, spacing, 10.0, settings.texture)
     noise = rng.standard_normal(generation.shape, dtype=np.float32)
-    image += spreads[generation] * noise
+    noise *= spreads[generation]
+    image += noise
     np.maximum(image, 0.0, out=image)
     return image
 
 
-def corrupt(image: np.ndarray, air: np.ndarray, spacing: Sequence[float], rng: np.random.Generator,
+def corrupt(image: np.ndarray, air: Optional[np.ndarray], spacing: Sequence[float], rng: np.random.Generator,
             settings: ContrastSettings = ContrastSettings()) -> np.ndarray:
     """Bias field, gamma and noise on a volume; ``air`` (or None) marks the voxels outside the
     head, which become 0 or low noise. float32, in place where it can."""
     out = np.asarray(image, dtype=np.float32)
-    out *= np.exp(settings.bias * smooth_field(rng, out.shape, spacing, settings.bias_wavelength_mm) / 2.0)
+    out *= smooth_multiplier(rng, out.shape, spacing, settings.bias_wavelength_mm, settings.bias / 2.0)
+    np.maximum(out, 0.0, out=out)
     scale = float(np.percentile(out[::7, ::7, ::7], 99.5)) or 1.0
     gamma = float(np.exp(rng.normal(0.0, settings.log_gamma)))
-    out = scale * (np.maximum(out, 0.0) / scale) ** gamma
+    out /= np.float32(scale)
+    np.power(out, np.float32(gamma), out=out)
+    out *= np.float32(scale)
     sigma = rng.uniform(*settings.noise) * scale
     if sigma > 0:
-        out += rng.normal(0.0, sigma, size=out.shape).astype(np.float32)
+        out += np.float32(sigma) * rng.standard_normal(out.shape, dtype=np.float32)
     if air is not None and rng.random() < settings.air_noise_share:
         level = max(sigma, 0.01 * scale) * rng.uniform(0.5, 1.5)
-        out[air] = np.abs(rng.normal(0.0, level, size=int(air.sum()))).astype(np.float32)
+        out[air] = np.abs(np.float32(level) * rng.standard_normal(int(air.sum()), dtype=np.float32))
     elif air is not None:
         out[air] = 0.0
     np.maximum(out, 0.0, out=out)

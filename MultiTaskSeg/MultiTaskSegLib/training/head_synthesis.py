@@ -29,7 +29,7 @@ from scipy import ndimage
 from ..engine.errors import InputError
 from ..engine.geometry import Volume
 from . import generation_labels as gen
-from .random_fields import coarse_factors, coarse_to_full, coarse_to_full_nearest, pool_any, smooth_field
+from .random_fields import coarse_factors, coarse_to_full, coarse_to_full_nearest, pool_any, smooth_field, smooth_multiplier
 
 from .head_anatomy import BONE, CSF, DIPLOE, FAT, MUSCLE, SKIN, SOFT, HeadAnatomy, bounding_box
 
@@ -210,8 +210,7 @@ def _paint_t1(image: np.ndarray, generation: np.ndarray, brain: np.ndarray, spac
         low, high = ranges[code]
         levels[code] = reference * rng.uniform(low, high)
     head = ~brain & (generation != AIR)
-    texture = 1.0 + 0.06 * smooth_field(rng, image.shape, spacing, 15.0)
-    painted = levels[generation] * texture  # noise comes later, with the rest of the image's
+    painted = levels[generation] * smooth_multiplier(rng, image.shape, spacing, 15.0, 0.06)  # noise comes later, with the rest of the image's
     return np.where(head, np.maximum(painted, 0.0), np.where(brain, image, 0.0)).astype(np.float32)
 
 

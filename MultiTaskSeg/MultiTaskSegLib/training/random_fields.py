@@ -49,6 +49,14 @@ def smooth_field(rng: np.random.Generator, shape: Sequence[int], spacing: Sequen
     return upsample_linear(rng.standard_normal(knots).astype(np.float32), shape)
 
 
+def smooth_multiplier(rng: np.random.Generator, shape: Sequence[int], spacing: Sequence[float],
+                      wavelength_mm: float, strength: float) -> np.ndarray:
+    """exp(strength x a smooth field) (about 1 +- strength), the exponential taken on the knots
+    before interpolating: one pass over the volume instead of two."""
+    knots = [max(2, int(round(n * s / wavelength_mm)) + 1) for n, s in zip(shape, spacing)]
+    return upsample_linear(np.exp(strength * rng.standard_normal(knots)).astype(np.float32), shape)
+
+
 def pool_any(mask: np.ndarray, factors: Sequence[int]) -> np.ndarray:
     """Block-wise OR of a boolean array (the shape padded up to multiples of ``factors``)."""
     padded_shape = [-(-n // f) * f for n, f in zip(mask.shape, factors)]
