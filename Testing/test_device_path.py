@@ -197,3 +197,17 @@ def test_running_out_of_gpu_memory_falls_back_to_the_host_path(monkeypatch):
     assert any("GPU memory" in str(w.message) for w in caught)
     assert np.array_equal(maps.data, expected.data)
     assert device_segmentation.predict_on_device is not out_of_memory  # the module itself untouched
+
+
+def test_the_device_path_takes_any_voxel_type_and_memory_layout():
+    """uint16 (common in MR DICOM; CUDA kernels mostly lack it), big-endian and reversed-stride arrays
+    go up as types and layouts torch computes with, and segment as the host path does."""
+    volume = volume_for("oblique, anisotropic", shape=(9, 12, 11))
+    counts = np.clip(volume.array * 40, 0, None).astype(np.uint16)
+    bundle = small_random_bundle(seed=2)
+    expected = Segmenter(bundle, "cpu", precision="fp32").predict(
+        Volume(counts, volume.spacing, volume.origin, volume.direction))
+    for array in (counts, counts.astype(">u2"), np.ascontiguousarray(counts[::-1])[::-1]):
+        maps = Segmenter(bundle, "cpu", precision="fp32", keep_on_device=True).predict(
+            Volume(array, volume.spacing, volume.origin, volume.direction))
+        assert np.abs(maps.data.astype(int) - expected.data.astype(int)).max() <= 1

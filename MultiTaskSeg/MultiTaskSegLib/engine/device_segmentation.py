@@ -30,6 +30,22 @@ from .slab_sizing import DenseOptions
 from .torch_resampling import canonical_grid, from_canonical_on_device, to_canonical_on_device
 
 
+# Voxel types torch computes with on every device; others (bool, uint16 and wider unsigned types,
+# which CUDA kernels mostly lack) are converted on the host first.
+_DEVICE_TYPES = (np.uint8, np.int8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64)
+
+
+def _uploadable(array) -> np.ndarray:
+    """``array`` as torch.from_numpy takes it: native byte order, positive strides, a device type."""
+    array = np.asarray(array)
+    if array.dtype.type not in _DEVICE_TYPES:
+        array = array.astype(np.uint8 if array.dtype == np.bool_ else
+                             np.int32 if array.dtype.itemsize <= 2 and array.dtype.kind == "u" else np.float64)
+    elif not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    return np.ascontiguousarray(array)
+
+
 def normalize_on_device(canonical: torch.Tensor, modality: str, settings: Mapping[str, Mapping]) -> torch.Tensor:
     """``normalization.normalize`` of a (z, y, x) tensor, on its device (float32, a new tensor).
 
@@ -93,8 +109,7 @@ def predict_on_device(segmenter, volume: Volume, selected: Sequence[int], modali
     device, bundle = segmenter.device, segmenter.bundle
     report(progress, 0.0, "Resampling to the canonical grid")
     grid = canonical_grid(volume, segmenter.target_spacing)
-    array = np.asarray(volume.array)
-    source = torch.from_numpy(array if array.dtype != np.bool_ else array.astype(np.uint8)).to(device)
+    source = torch.from_numpy(_uploadable(volume.array)).to(device)
     with torch.inference_mode():
         canonical = to_canonical_on_device(source, grid)
         if not grid.is_exact:

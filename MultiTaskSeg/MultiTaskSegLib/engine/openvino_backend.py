@@ -138,9 +138,10 @@ def with_openvino_conv_stack(prepared: TriplanarCNN, threads: Optional[int] = No
 
 
 BACKENDS = ("auto", "torch", "openvino")
-# Precisions in which OpenVINO beat PyTorch end to end on this project's benchmark machine (see
-# benchmarks/results/openvino.json); "auto" takes it only there.
-FASTER_IN = ()
+# Precisions in which OpenVINO beat PyTorch on this project's benchmark machine (AVX-512 with bf16,
+# no AMX; benchmarks/results/openvino.json): the conv stack ~2.1x in bf16 and in fp32, the brain end
+# to end ~3x in bf16 on the shared 2-core machine. "auto" takes it in these.
+FASTER_IN = ("bf16", "fp32")
 
 
 def choose_backend(requested: str, device: torch.device, precision: str) -> str:
