@@ -23,14 +23,6 @@ def layer_count(text: str) -> int:
     return value
 
 
-def multiple_of_six(text: str) -> int:
-    value = positive_int(text)
-    if value % 6:
-        raise argparse.ArgumentTypeError(f"must be a multiple of 6 (it is split evenly over 1, 2 or 3 tasks), "
-                                         f"got {text!r}")
-    return value
-
-
 def _dataset_files(datasets: Sequence[str]) -> List[Path]:
     """The folders of nnU-Net datasets whose files a run reads (outputs must not be among them)."""
     folders = []
@@ -93,9 +85,6 @@ def _run_train(args) -> int:
     from ..training.loop import TrainConfig, train
 
     resolve_device(args.device)
-    if args.validate_every > args.steps:
-        raise InputError(f"--validate-every {args.validate_every} is more than --steps {args.steps}: the model would "
-                         f"never be validated. Give a smaller interval.")
     if Path(args.output).exists() and not args.overwrite:
         raise OutputError(f"{args.output} exists already: use --overwrite to replace it, or choose another output.")
     _check_outputs([Path(args.output)], _dataset_files(args.datasets))
@@ -212,7 +201,7 @@ def _add_experiments(subparsers) -> None:
     parser.add_argument("--steps-per-task", type=positive_int, default=1000, help="mini-batches per task (paper: 25000)")
     parser.add_argument("--validate-every", type=positive_int, default=100,
                         help="validation interval in mini-batches per task (paper: 1000)")
-    parser.add_argument("--blocks-per-batch", type=multiple_of_six, default=6,
+    parser.add_argument("--blocks-per-batch", type=positive_int, default=6,
                         help="dense blocks per mini-batch, split evenly over the tasks (a multiple of 6; default 6)")
     parser.add_argument("--block", type=positive_int, default=16, help="side of a dense block in voxels (default 16)")
     parser.add_argument("--layers", type=layer_count, default=25, help="conv layers (paper: 25)")
@@ -236,9 +225,6 @@ def _run_experiments(args) -> int:
     from ..engine.devices import resolve_device
 
     resolve_device(args.device)
-    if args.validate_every > args.steps_per_task:
-        raise InputError(f"--validate-every {args.validate_every} is more than --steps-per-task "
-                         f"{args.steps_per_task}: the runs would never be validated. Give a smaller interval.")
     _check_work_dir(args.work_dir)
     report = Path(args.report) if args.report else Path(args.work_dir) / "experiments.md"
     _check_outputs([report, report.with_suffix(".json")], _dataset_files(args.datasets))
