@@ -23,6 +23,7 @@ from typing import Callable, Iterator, Optional
 
 from .errors import OutputError
 from .file_types import PathLike, full_suffix
+from .itk_paths import itk_can_open
 
 # Errors of os.link that say "no hard links here", not "the name is taken".
 _NO_HARD_LINKS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.EACCES,
@@ -92,10 +93,11 @@ def _exists(path: Path) -> OutputError:
 
 
 def _create_temporary(path: Path) -> Path:
-    # A plain ASCII prefix: the target's own name may not be valid UTF-8, which ITK cannot take.
-    stem = path.name if path.name.isascii() and path.name.isprintable() else "output"
+    # The target's name may not be valid UTF-8, which ITK cannot take; 40 characters keep the
+    # temporary name within the 255 bytes file systems allow.
+    stem = path.name if itk_can_open(path.name) and path.name.isprintable() else "output"
     try:
-        handle, name = tempfile.mkstemp(prefix=f".{stem[:80]}.tmp-", suffix=full_suffix(path), dir=path.parent)
+        handle, name = tempfile.mkstemp(prefix=f".{stem[:40]}.tmp-", suffix=full_suffix(path), dir=path.parent)
     except OSError as error:
         raise OutputError(f"Cannot write in {path.parent!s}: {error.strerror}. Choose a writable folder.") from None
     os.close(handle)

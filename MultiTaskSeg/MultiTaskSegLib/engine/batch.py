@@ -8,6 +8,7 @@ folder or clash with another output.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -98,7 +99,7 @@ def check_outputs(jobs: Sequence[SegmentJob], overwrite: bool) -> None:
     """Refuse to start if any output exists (without ``overwrite``): all are listed at once."""
     if overwrite:
         return
-    existing = [path for job in jobs for path in job.outputs if path.exists()]
+    existing = [path for job in jobs for path in job.outputs if os.path.lexists(path)]  # dangling links too
     if existing:
         shown = ", ".join(str(p) for p in existing[:5]) + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
         raise OutputError(f"{len(existing)} output(s) exist already: {shown}. Use --overwrite (Python: "
