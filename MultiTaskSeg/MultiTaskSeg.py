@@ -28,7 +28,7 @@ from slicer.util import VTKObservationMixin
 from MultiTaskSegLib.engine.errors import MultiTaskSegError
 from MultiTaskSegLib.engine.labelmap_rule import nearest_level_threshold
 from MultiTaskSegLib.slicer import dependencies, panel_support
-from MultiTaskSegLib.slicer.logic import MultiTaskSegLogic as EngineLogic
+from MultiTaskSegLib.slicer.logic import SegmentationLogic
 from MultiTaskSegLib.slicer.node_conversion import has_non_labelmap_source
 from MultiTaskSegLib.slicer.runs import ModelDescription
 
@@ -486,7 +486,7 @@ class MultiTaskSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = f"Exported {len(nodes)} probability volume(s)."
 
 
-class MultiTaskSegLogic(EngineLogic, ScriptedLoadableModuleLogic):
+class MultiTaskSegLogic(SegmentationLogic, ScriptedLoadableModuleLogic):
     """The MRML logic (MultiTaskSegLib.slicer.logic) plus Slicer's parameter node handling.
 
     From Slicer's Python console::
@@ -498,7 +498,7 @@ class MultiTaskSegLogic(EngineLogic, ScriptedLoadableModuleLogic):
 
     def __init__(self, segmenter_factory=None, log=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        EngineLogic.__init__(self, segmenter_factory, log=log)
+        SegmentationLogic.__init__(self, segmenter_factory, log=log)
 
     def getParameterNode(self):
         return MultiTaskSegParameterNode(super().getParameterNode())

@@ -1,4 +1,4 @@
-"""MultiTaskSegLogic with Slicer's real MRML classes (the slicer-core wheel), no Qt.
+"""SegmentationLogic with Slicer's real MRML classes (the slicer-core wheel), no Qt.
 
 Geometry is tested with a fake segmenter whose class 7 is a known physical ball, so the test
 does not depend on what a random network predicts; the real pipeline runs once end to end.
@@ -13,7 +13,7 @@ slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
 from MultiTaskSegLib.engine.errors import Cancelled, InputError, OutputError  # noqa: E402
-from MultiTaskSegLib.slicer.logic import MultiTaskSegLogic, volume_from_node  # noqa: E402
+from MultiTaskSegLib.slicer.logic import SegmentationLogic, volume_from_node  # noqa: E402
 from MultiTaskSegLib.engine.classes import DEFAULT_CLASSES, DEFAULT_TASKS  # noqa: E402
 from MultiTaskSegLib.engine.labelmap_rule import ProbabilityMaps, quantize_probabilities  # noqa: E402
 
@@ -116,7 +116,7 @@ def fake():
 
 @pytest.fixture
 def logic(fake, no_model_files):
-    return MultiTaskSegLogic(segmenter_factory=lambda bundle, device: fake)
+    return SegmentationLogic(segmenter_factory=lambda bundle, device: fake)
 
 
 class FakeBundle:
@@ -128,7 +128,7 @@ class FakeBundle:
 @pytest.fixture
 def no_model_files(monkeypatch):
     """The fake segmenter needs no weights: never read a model file in these tests."""
-    monkeypatch.setattr(MultiTaskSegLogic, "load_bundle", lambda self, model=None: FakeBundle())
+    monkeypatch.setattr(SegmentationLogic, "load_bundle", lambda self, model=None: FakeBundle())
 
 
 # ---- geometry ----------------------------------------------------------------------------
@@ -372,3 +372,9 @@ def test_segment_folder_writes_one_seg_nrrd_per_image(tmp_path, logic):
     assert set(np.unique(labels)) == {1, BALL_CLASS}
     with pytest.raises(OutputError, match="overwrite=True"):
         logic.segment_folder(str(inputs), str(tmp_path / "out"))
+
+
+def test_the_documented_console_import_gives_the_logic():
+    from MultiTaskSegLib.logic import MultiTaskSegLogic
+
+    assert MultiTaskSegLogic is SegmentationLogic

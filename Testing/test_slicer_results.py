@@ -15,7 +15,7 @@ from test_logic import BALL_CLASS, TWO, FakeBundle, FakeSegmenter, add_volume, s
 
 from MultiTaskSegLib.engine.errors import OutputError  # noqa: E402
 from MultiTaskSegLib.slicer import panel_support  # noqa: E402
-from MultiTaskSegLib.slicer.logic import MultiTaskSegLogic  # noqa: E402
+from MultiTaskSegLib.slicer.logic import SegmentationLogic  # noqa: E402
 from MultiTaskSegLib.slicer.node_conversion import volume_from_node  # noqa: E402
 
 CLOSED_SURFACE = "Closed surface"
@@ -36,8 +36,8 @@ def fake():
 
 @pytest.fixture
 def logic(fake, monkeypatch):
-    monkeypatch.setattr(MultiTaskSegLogic, "load_bundle", lambda self, model=None: FakeBundle())
-    return MultiTaskSegLogic(segmenter_factory=lambda bundle, device: fake)
+    monkeypatch.setattr(SegmentationLogic, "load_bundle", lambda self, model=None: FakeBundle())
+    return SegmentationLogic(segmenter_factory=lambda bundle, device: fake)
 
 
 def test_close_scene_then_a_new_node_with_the_same_id_has_no_result(logic):

@@ -21,7 +21,7 @@ slicer = pytest.importorskip("slicer")
 from MultiTaskSegLib.engine.bundle import load_bundle  # noqa: E402
 from MultiTaskSegLib.engine.errors import InputError, ModelError  # noqa: E402
 from MultiTaskSegLib.engine.segmenter import Segmenter  # noqa: E402
-from MultiTaskSegLib.slicer.logic import MultiTaskSegLogic, volume_from_node  # noqa: E402
+from MultiTaskSegLib.slicer.logic import SegmentationLogic, volume_from_node  # noqa: E402
 from MultiTaskSegLib.slicer.worker_client import WorkerError, WorkerProcess  # noqa: E402
 
 SHAPE_ZYX = (20, 28, 24)
@@ -66,7 +66,7 @@ def wait_until_running(run, timeout: float = 120.0) -> None:
 @pytest.fixture(scope="module")
 def logic():
     lines = []
-    logic = MultiTaskSegLogic(log=lines.append)
+    logic = SegmentationLogic(log=lines.append)
     logic.lines = lines
     yield logic
     logic.shutdown()

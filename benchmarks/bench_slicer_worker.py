@@ -6,7 +6,7 @@ the launcher's few tens of milliseconds). Measured on one volume (the 1 mm MNI15
 with --smoke, or its central axial slices with --slices):
 
 * start cost of a fresh worker: Python up, torch imported, engine imported, the model's metadata read;
-* end to end through ``MultiTaskSegLogic.segment`` with a fresh worker (start + model load + network
+* end to end through ``SegmentationLogic.segment`` with a fresh worker (start + model load + network
   + volume and maps through files + nodes) and with the worker kept from that run;
 * ``multitaskseg segment`` on the same volume as a NIfTI file (a fresh process, as a user runs it);
 * Cancel: from ``run.cancel()`` to the worker dead and its files removed, mid-network;
@@ -142,7 +142,7 @@ def main() -> None:
     import slicer
     from MultiTaskSegLib.engine.bundle import make_random_bundle
     from MultiTaskSegLib.engine.image_writing import write_volume
-    from MultiTaskSegLib.slicer.logic import MultiTaskSegLogic
+    from MultiTaskSegLib.slicer.logic import SegmentationLogic
 
     machine = machine_state()
     volume = brain(args.smoke, args.slices)
@@ -158,7 +158,7 @@ def main() -> None:
         rounds = []
         for _ in range(1 if args.smoke else args.rounds):
             entry = {"start": start_cost(model), "cli_s": segment_with_cli(image, model, folder / "out.nii.gz")}
-            logic = MultiTaskSegLogic()
+            logic = SegmentationLogic()
             entry["logic_fresh_worker"] = segment_through_logic(logic, node, model)
             entry["logic_kept_worker"] = segment_through_logic(logic, node, model)
             entry["idle_worker_resident_mb"] = resident_mb(logic.worker.pid)

@@ -22,7 +22,7 @@ import slicer
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_common_arguments, finish_machine_state, machine_state, write_result  # noqa: E402
 
-from MultiTaskSegLib.slicer.logic import MultiTaskSegLogic
+from MultiTaskSegLib.slicer.logic import SegmentationLogic
 from MultiTaskSegLib.engine.classes import DEFAULT_CLASSES
 from MultiTaskSegLib.engine.labelmap_rule import ProbabilityMaps
 
@@ -61,7 +61,7 @@ def main() -> None:
     volumeNode = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "bench")
     slicer.util.updateVolumeFromArray(volumeNode, np.random.default_rng(1).normal(size=shape).astype(np.float32))
     maps = synthetic_maps(shape)
-    logic = MultiTaskSegLogic(segmenter_factory=lambda bundle, device: PrecomputedSegmenter(maps))
+    logic = SegmentationLogic(segmenter_factory=lambda bundle, device: PrecomputedSegmenter(maps))
     logic.load_bundle = lambda model=None: None  # no weights needed
 
     start = time.perf_counter()

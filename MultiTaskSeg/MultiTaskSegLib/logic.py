@@ -1,6 +1,12 @@
-"""The documented console entry point ``from MultiTaskSegLib.logic import MultiTaskSegLogic``;
-the logic itself lives in :mod:`MultiTaskSegLib.slicer.logic`."""
+"""The documented console entry point ``from MultiTaskSegLib.logic import MultiTaskSegLogic``.
 
-from .slicer.logic import MultiTaskSegLogic, volume_from_node
+``MultiTaskSegLogic`` here is :class:`MultiTaskSegLib.slicer.logic.SegmentationLogic`, the MRML
+logic without Slicer's GUI; the Slicer module's own ``MultiTaskSeg.MultiTaskSegLogic`` extends it
+with the module's parameter node, so both names give the same segment/update_thresholds API.
+"""
 
-__all__ = ["MultiTaskSegLogic", "volume_from_node"]
+from .slicer.logic import SegmentationLogic, volume_from_node
+
+MultiTaskSegLogic = SegmentationLogic
+
+__all__ = ["MultiTaskSegLogic", "SegmentationLogic", "volume_from_node"]

@@ -9,16 +9,16 @@ Python tests.
 
 Use from Slicer's Python console::
 
-    from MultiTaskSegLib.logic import MultiTaskSegLogic
-    logic = MultiTaskSegLogic()
+    from MultiTaskSegLib.logic import MultiTaskSegLogic   # this class, by its documented name
+    logic = MultiTaskSegLogic()                            # or slicer.util.getModuleLogic("MultiTaskSeg")
     volumeNode = slicer.util.getNode("MRHead")
     segmentationNode = logic.segment(volumeNode)                 # blocks; default model, all classes
     logic.update_thresholds(segmentationNode, {"Pectoral muscle": 0.7})   # no network re-run
     probabilityNodes = logic.export_probability_volumes(segmentationNode)
 
-The widget runs the two halves of :meth:`MultiTaskSegLogic.segment` separately: a
-:meth:`~MultiTaskSegLogic.segmentation_run` it polls from a timer, then
-:meth:`~MultiTaskSegLogic.apply_result` with the run's maps.
+The widget runs the two halves of :meth:`SegmentationLogic.segment` separately: a
+:meth:`~SegmentationLogic.segmentation_run` it polls from a timer, then
+:meth:`~SegmentationLogic.apply_result` with the run's maps.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ Thresholds = Dict[Union[int, str], float]
 IDLE_WORKER_SECONDS = 600
 SegmenterFactory = Callable[[Any, str], Any]
 
-__all__ = ["MultiTaskSegLogic", "volume_from_node"]
+__all__ = ["SegmentationLogic", "volume_from_node"]
 
 
-class MultiTaskSegLogic:
+class SegmentationLogic:
     """Segment volume nodes with the multi-task triplanar CNN and keep the result adjustable.
 
     By default the network runs in a worker process (``python``: the interpreter for it; None:
