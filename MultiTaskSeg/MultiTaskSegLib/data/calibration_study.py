@@ -64,8 +64,8 @@ def measure(bundle: ModelBundle, cases: Sequence[PreparedCase], logits: Sequence
         pairs = [(m.channel(c.index), case.labels == c.index) for m, case in zip(maps, cases) if case.task == c.task]
         if pairs:
             point = optimal_operating_point([p for p, _ in pairs], [r for _, r in pairs])
-            point["level"] = threshold_to_level(point["threshold"])
-            result["operating_points"][c.name] = {k: round(float(v), 4) for k, v in point.items()}
+            result["operating_points"][c.name] = {**{k: round(float(v), 4) for k, v in point.items()},
+                                                  "level": threshold_to_level(point["threshold"])}
     for m, case in zip(maps, cases):
         if case.task == "brain":
             brain = [k.index for k in bundle.classes if k.task == "brain"]
@@ -125,13 +125,15 @@ def write_study(results: dict, prefix: Path) -> None:
     lines = ["# Calibration study", "",
              f"Fitted on {', '.join(results['calibration_cases'])} ({results['calibration_voxels']} sample voxels); "
              f"measured on {', '.join(results['test_cases'])}.", "",
-             "| method | classes | T | held-out NLL | " + " | ".join(f"{n}: threshold (level), Dice" for n in thresholded)
-             + " | brain argmax Dice (mean) |", "|---" * (5 + len(thresholded)) + "|"]
+             "| method | classes | T | offsets | held-out NLL | "
+             + " | ".join(f"{n}: threshold (level), Dice" for n in thresholded)
+             + " | brain argmax Dice (mean) |", "|---" * (6 + len(thresholded)) + "|"]
     for row in results["variants"]:
-        points = " | ".join(f"{p['threshold']:.3f} ({p['level']}/255), {p['dice']:.3f}"
+        points = " | ".join(f"{p['threshold']:.3f} ({int(p['level'])}/255), {p['dice']:.3f}"
                             for p in (row["operating_points"][n] for n in thresholded))
         brain = np.mean(list(row["brain_dice"].values())) if row["brain_dice"] else float("nan")
-        lines.append(f"| {row['method']} | {row['classes']} | {row['temperature']:.3f} | {row['nll']:.4f} | {points} | "
+        offsets = ", ".join(f"{name} {d:+.2f}" for name, d in row["offsets"].items()) or "-"
+        lines.append(f"| {row['method']} | {row['classes']} | {row['temperature']:.3f} | {offsets} | {row['nll']:.4f} | {points} | "
                      f"{brain:.4f} |")
     lines += ["", f"End to end (engine path, chosen: {' / '.join(results['chosen'])}):", "",
               "| | " + " | ".join(f"{n} threshold, Dice" for n in thresholded) + " | brain mean Dice per class |",
