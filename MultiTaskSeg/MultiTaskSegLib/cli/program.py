@@ -1,9 +1,8 @@
-"""The ``multitaskseg`` command: segment images in batch, show a model bundle, build training data;
-the model-side commands (train, evaluate, experiments, demo) are in training_commands.py.
+"""The ``multitaskseg`` command: its parser and ``main``; each command lives in its own module.
 
 Each subcommand is a pair of small functions, ``_add_<name>(subparsers)`` that declares its
-arguments and ``_run_<name>(args) -> int`` that runs it; ``SUBCOMMANDS`` lists the ``_add_``
-functions, so adding a command means adding two functions and one entry.
+arguments and ``_run_<name>(args) -> int`` that runs it; each command module lists its ``_add_``
+functions in ``SUBCOMMANDS``, and ``COMMAND_MODULES`` below lists the modules.
 
 Exit codes: 0 success; 1 some inputs of a batch failed (the others were written); 2 a usage error
 or a problem the user can fix (one line ``multitaskseg: error: ...``, no traceback), and any other
