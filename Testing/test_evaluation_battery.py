@@ -9,7 +9,6 @@ import pytest
 
 from MultiTaskSegLib.data.evaluation_battery import (HEAD_MASK, VARIANTS, downsampled, icbm2009a_held_out,
                                                      make_variant, run_battery, write_battery)
-from MultiTaskSegLib.data.placeholder_head import placeholder_synthetic_head
 from MultiTaskSegLib.data.reacquisition import Acquisition, reacquire
 from MultiTaskSegLib.engine.geometry import Volume
 from conftest import small_random_bundle
@@ -58,16 +57,15 @@ def test_variants_are_deterministic_by_seed_and_tilted_ones_have_a_tilted_grid(t
     assert a.spacing[2] == pytest.approx(3 * tiny_brain.image.spacing[2])
 
 
-def test_the_placeholder_head_keeps_the_brain_and_surrounds_it_with_bright_fat(tiny_brain):
-    head, margin = placeholder_synthetic_head(tiny_brain.image, seed=1)
-    brain = tiny_brain.image.array
-    inner = head.array[tuple(slice(m, m + n) for m, n in zip(margin, brain.shape))]
-    assert np.array_equal(inner[brain > 0], brain[brain > 0])  # never paints over the brain
-    white = np.median(brain[tiny_brain.label_maps["Desikan-Killiany"] == 1])
-    added = head.array.copy()
-    added[tuple(slice(m, m + n) for m, n in zip(margin, brain.shape))][brain > 0] = 0
-    assert added.max() > 1.2 * white  # the scalp fat outshines white matter, as on a T1
-    assert np.allclose(head.index_to_physical(np.array([margin[::-1]])), tiny_brain.image.origin)
+def test_the_head_variant_carries_the_label_maps_onto_its_grown_grid(tiny_brain):
+    image, maps = make_variant(tiny_brain, "with head")
+    brain = tiny_brain.image
+    assert image.array.shape != brain.array.shape  # the head needs room
+    for name, labels in tiny_brain.label_maps.items():  # the same physical places keep their labels
+        points = brain.index_to_physical(np.argwhere(labels == 1)[:, ::-1])
+        ijk = np.round(image.physical_to_index(points)).astype(int)
+        assert np.all(maps[name][ijk[:, 2], ijk[:, 1], ijk[:, 0]] == 1)
+    assert np.median(image.array[maps["Desikan-Killiany"] == 1]) == np.median(brain.array[tiny_brain.label_maps["Desikan-Killiany"] == 1])
 
 
 def test_reacquisition_keeps_image_and_labels_aligned():

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
 
 from ..engine.bundle import ModelBundle
 from ..engine.geometry import Volume, to_canonical
@@ -29,15 +31,22 @@ from ..engine.metrics import dice_per_class
 from ..engine.normalization import PERCENTILE_RULE, TISSUE_MODE_RULE, mr_scale
 from ..engine.progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
 from ..engine.segmenter import Segmenter
+from ..training.head_synthesis import add_synthetic_head
 from . import brain_templates
 from .held_out_cases import brain_labels_to_bundle
-from .placeholder_head import placeholder_synthetic_head
 from .reacquisition import Acquisition, reacquire
 
-# Head synthesis used for variant (b) and the re-acquisitions: (brain Volume, seed) -> (head Volume,
-# padding in voxels (z, y, x) applied to the brain's grid). Replace with the proper synthesis.
-HEAD_SYNTHESIS: Callable[[Volume, int], Tuple[Volume, Tuple[int, int, int]]] = placeholder_synthetic_head
-HEAD_NAME = "placeholder head"
+
+def synthetic_head(brain: Volume, seed: int) -> Tuple[Volume, np.ndarray]:
+    """The training data's head synthesis around a skull-stripped brain: (head image on a grid grown
+    to hold it, head mask), the brain's intensities kept exactly."""
+    head, _, generation = add_synthetic_head(brain, brain_templates.generation_labels_on(brain), seed)
+    return head, ndimage.binary_fill_holes(generation > 0)
+
+
+# The head of variant (b) and the re-acquisitions: (brain, seed) -> (head image, head mask).
+HEAD_SYNTHESIS: Callable[[Volume, int], Tuple[Volume, np.ndarray]] = synthetic_head
+HEAD_NAME = "synthetic head (training/head_synthesis.py)"
 
 # name -> (with a head?, acquisition); spacing factors multiply the source's spacing (1 mm: mm)
 VARIANTS: Dict[str, Tuple[bool, Acquisition]] = {
@@ -88,16 +97,23 @@ def downsampled(brain: HeldOutBrain, factor: int) -> HeldOutBrain:
     return HeldOutBrain(image, maps)
 
 
+def labels_onto(labels: np.ndarray, source: Volume, target: Volume) -> np.ndarray:
+    """``labels`` on ``source``'s grid carried onto ``target``'s (nearest neighbour, 0 outside)."""
+    moved = sitk.Resample(source.with_array(np.asarray(labels, np.uint8)).to_sitk(), target.to_sitk(),
+                          sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(moved)
+
+
 def make_variant(brain: HeldOutBrain, name: str, seed: int = 0) -> Tuple[Volume, Dict[str, np.ndarray]]:
     """The image of variant ``name`` with the label maps and the head mask on its grid."""
     with_head, acquisition = VARIANTS[name]
-    maps = dict(brain.label_maps)
     if with_head:
-        image, margin = HEAD_SYNTHESIS(brain.image, seed)
-        maps = {k: np.pad(m, [(p, p) for p in margin]) for k, m in maps.items()}
-        maps[HEAD_MASK] = (image.array > 0).astype(np.uint8)
+        image, head = HEAD_SYNTHESIS(brain.image, seed)
+        maps = {k: labels_onto(m, brain.image, image) for k, m in brain.label_maps.items()}
+        maps[HEAD_MASK] = head.astype(np.uint8)
     else:
         image = brain.image
+        maps = dict(brain.label_maps)
         maps[HEAD_MASK] = (image.array > 0).astype(np.uint8)
     if acquisition != Acquisition():
         image, maps = reacquire(image, maps, acquisition, seed)
