@@ -26,7 +26,8 @@ REPORT_TEST_SEEDS = (8, 9, 10)
 
 _PHANTOMS = {"breast": (phantoms.breast_mri_phantom, "pectoral muscle", "MR"),
              "coronary": (phantoms.cardiac_cta_phantom, "coronary arteries", "CT")}
-_BRAINS = {"mni152": brain_templates.mni152_brain_case, "icbm2009a": brain_templates.icbm2009a_brain_case}
+_BRAINS = {"mni152": brain_templates.mni152_brain_case, "icbm2009c": brain_templates.icbm2009c_brain_case,
+           "icbm2009a": brain_templates.icbm2009a_brain_case}
 
 
 def prepared_case(case_id: str, task: str, image: Volume, labels: np.ndarray, modality: str,
@@ -48,7 +49,7 @@ def brain_labels_to_bundle(labels: np.ndarray, bundle: ModelBundle) -> np.ndarra
 
 
 def brain_case(bundle: ModelBundle, name: str) -> PreparedCase:
-    """``name`` "mni152" (training brain) or "icbm2009a" (held-out brain), prepared for ``bundle``."""
+    """``name`` "mni152", "icbm2009c" (training brains) or "icbm2009a" (held-out brain), prepared for ``bundle``."""
     image, labels = _BRAINS[name]()
     return prepared_case(name, "brain", image, brain_labels_to_bundle(labels, bundle), "MR",
                          bundle.normalization, bundle.target_spacing_mm)

@@ -250,7 +250,7 @@ def calibrate_bundle(bundle: ModelBundle, cases: Sequence[PreparedCase], device:
 def calibrate_and_choose_thresholds(bundle: ModelBundle, calibration_cases: Sequence[PreparedCase],
                                     threshold_cases: Sequence[PreparedCase], device: torch.device | str = "cpu",
                                     precision: Optional[str] = None, method: str = DEFAULT_METHOD,
-                                    progress: Optional[ProgressCallback] = None,
+                                    which: str = "thresholded", progress: Optional[ProgressCallback] = None,
                                     cancel: Optional[CancelCheck] = None) -> tuple:
     """Calibrate ``bundle`` in place, then set its default thresholds to the precision-recall optimal
     ones on ``threshold_cases`` (the end of training, or recalibrating a trained model).
@@ -261,7 +261,7 @@ def calibrate_and_choose_thresholds(bundle: ModelBundle, calibration_cases: Sequ
 
     device = torch.device(device)
     precision = precision or default_precision(device)
-    calibration = calibrate_bundle(bundle, calibration_cases, device, precision, method, progress=progress,
+    calibration = calibrate_bundle(bundle, calibration_cases, device, precision, method, which, progress=progress,
                                    cancel=cancel)
     results = evaluate_cases(bundle, threshold_cases, device, precision, choose_thresholds=True, cancel=cancel)
     bundle.default_thresholds.update(results["thresholds"])
