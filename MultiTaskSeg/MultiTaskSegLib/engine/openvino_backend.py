@@ -1,5 +1,5 @@
-"""The conv stack compiled by OpenVINO, for CPUs: optional (used when the ``openvino`` package is
-installed), PyTorch stays the default elsewhere and the reference.
+"""The conv stack compiled by OpenVINO, for CPUs: optional, the default on CPUs where the ``openvino``
+package is installed (``choose_backend``); PyTorch elsewhere, and the reference the tests hold it to.
 
 Why: the 25 conv + ELU layers are nearly all of a CPU segmentation's time, and PyTorch runs each
 ELU as its own pass over the activations (36-39% of the conv stack's time here), since it cannot
@@ -32,10 +32,10 @@ from .prepared_model import FullPrecisionInput, inference_model
 
 @functools.lru_cache(maxsize=1)
 def openvino_available() -> bool:
-    """True when the ``openvino`` package imports (it is optional)."""
+    """True when the ``openvino`` package imports (it is optional: a broken install means PyTorch)."""
     try:
         import openvino  # noqa: F401
-    except ImportError:
+    except Exception:  # ImportError, or a missing shared library (OSError, RuntimeError)
         return False
     return True
 
