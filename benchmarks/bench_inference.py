@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -32,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (add_common_arguments, attainable_rates, conv_flop_bound, finish_machine_state,  # noqa: E402
                     machine_state, model_bundle, patch_formulation, refresh_flop_bounds, run_child, run_command,
                     write_result)
+from inference_worker import agreement  # noqa: E402
 from slab_ablation import compile_check, conv_stack_checks, slab_ablation  # noqa: E402
 
 from MultiTaskSegLib.engine.devices import default_precision  # noqa: E402
@@ -52,29 +54,36 @@ def brain(smoke: bool):
     return volume
 
 
-def end_to_end(image_file: Path, model_file: Path, mode: str, precision: str, runs: int) -> dict:
-    """``runs`` fresh processes of inference_worker.py; the fastest is reported, all times kept."""
-    import os
+def end_to_end(image_file: Path, model_file: Path, mode: str, precision: str, runs: int, tmp: Path) -> dict:
+    """``runs`` fresh processes of inference_worker.py; the fastest is reported, all times kept.
 
+    Each run's labelmap is saved in ``tmp``: ``labels_files`` (not written to the JSON) lists them.
+    """
     results = []
-    for _ in range(runs):
+    for number in range(runs):
         load = os.getloadavg()[0]
+        labels = tmp / f"{mode}-{precision}-{number}.npy"
         run = run_child(WORKER, ["--mode", mode, "--input", str(image_file), "--model", str(model_file),
-                                 "--precision", precision, "--device", "cpu"])
+                                 "--precision", precision, "--device", "cpu", "--labels", str(labels)])
         run["load_average_1min_before_after"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+        run["labels_file"] = labels
         results.append(run)
         print(f"  {mode} {run['precision']}: {run['seconds_end_to_end']:.1f} s, "
               f"{run['peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
-    best = min(results, key=lambda run: run["seconds_end_to_end"])
+    best = dict(min(results, key=lambda run: run["seconds_end_to_end"]))
     best["seconds_all_runs"] = [run["seconds_end_to_end"] for run in results]
     best["loads_1min"] = [x for run in results for x in run["load_average_1min_before_after"]]
+    best["labels_files"] = [run.pop("labels_file") for run in results]
+    best.pop("labels_file")
     return best
 
 
 def whole_command(image_file: Path, model_file: Path, runs: int, tmp: Path, device: str = "cpu") -> dict:
-    """``multitaskseg segment`` on the file as a user runs it: imports, model load, read, segment, write."""
+    """``multitaskseg segment`` on the file as a user runs it: imports, model load, read, segment, write.
+
+    Its labelmap, read back, is saved in ``tmp`` (``labels_files``, not written to the JSON).
+    """
     from MultiTaskSegLib.engine.image_reading import read_volume
-    from inference_worker import labels_summary
 
     output = tmp / "labels.nii.gz"
     command = [sys.executable, "-m", "MultiTaskSegLib.cli", "segment", str(image_file), "-o", str(output),
@@ -83,10 +92,31 @@ def whole_command(image_file: Path, model_file: Path, runs: int, tmp: Path, devi
     for _ in range(runs):
         runs_.append(run_command(command))
         print(f"  multitaskseg segment: {runs_[-1]['seconds']:.1f} s", flush=True)
+    labels = tmp / "command.npy"
+    np.save(labels, read_volume(output).array.astype(np.uint8))
     return {"command": f"multitaskseg segment IMAGE -o labels.nii.gz --model MODEL --device {device}",
             "seconds_first": runs_[0]["seconds"], "seconds": min(r["seconds"] for r in runs_),
             "seconds_all_runs": [r["seconds"] for r in runs_], "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs_),
-            "labels_sha1": labels_summary(read_volume(output).array.astype(np.uint8))["labels_sha1"]}
+            "labels_files": [labels]}
+
+
+def agreements(result: dict) -> dict:
+    """Every labelmap of the run against the first ``Segmenter.predict`` run's (and drops the files).
+
+    ``Segmenter.predict`` runs should agree exactly with each other and with the stage-by-stage run
+    at the same precision; the command, likewise; fp32 against the Segmenter's reduced precision
+    differs on near-ties only.
+    """
+    e2e = result["end_to_end"]
+    entries = dict(e2e, whole_command=result["whole_command"])
+    files = {name: entry.pop("labels_files") for name, entry in entries.items()}
+    reference = np.load(files["segmenter"][0])
+    out = {}
+    for name, paths in files.items():
+        for number, path in enumerate(paths):
+            if (name, number) != ("segmenter", 0):
+                out[f"{name}_{number}" if len(paths) > 1 else name] = agreement(reference, np.load(path))
+    return out
 
 
 def main() -> None:
@@ -135,12 +165,13 @@ def main() -> None:
         bundle.save(model_file)
         e2e = result["end_to_end"] = {}
         print("end to end ...", flush=True)
-        e2e["segmenter"] = end_to_end(image_file, model_file, "segmenter", "auto", 1 if smoke else 2)
-        e2e["stages"] = end_to_end(image_file, model_file, "stages", "auto", 1)
+        e2e["segmenter"] = end_to_end(image_file, model_file, "segmenter", "auto", 1 if smoke else 2, tmp)
+        e2e["stages"] = end_to_end(image_file, model_file, "stages", "auto", 1, tmp)
         if not (args.quick or smoke):  # the same code as the run above, at another precision
-            e2e["stages_fp32"] = end_to_end(image_file, model_file, "stages", "fp32", 1)
+            e2e["stages_fp32"] = end_to_end(image_file, model_file, "stages", "fp32", 1, tmp)
         print("the whole command ...", flush=True)
         result["whole_command"] = whole_command(image_file, model_file, 1 if smoke else 2, tmp)
+        result["labels_against_the_first_segmenter_run"] = agreements(result)
     add_bounds(result, rates)
 
     print("conv stack on one batch of planes ...", flush=True)
@@ -157,11 +188,23 @@ def main() -> None:
     result["seconds_whole_benchmark"] = time.perf_counter() - started
     print(json.dumps(result["summary"], indent=2))
     write_result("inference", result, args.results)
-    if not result["summary"]["stages_match_segmenter"]:
-        sys.exit("inference_worker.py's stages and Segmenter.predict gave different labelmaps: the stage mirror "
-                 "no longer follows Segmenter.predict; update it")
-    if not result["summary"]["command_matches_segmenter"]:
-        sys.exit("multitaskseg segment wrote another labelmap than Segmenter.predict gave in-process")
+    check_agreement(result, smoke)
+
+
+def check_agreement(result: dict, smoke: bool) -> None:
+    """Fail when the stage-by-stage mirror or the command strays from ``Segmenter.predict``: exactly in
+    a smoke run (one slab, one process state), beyond near-ties (0.1% of voxels) in a full run."""
+    least = 1.0 if smoke else 0.999
+    for name, entry in result["labels_against_the_first_segmenter_run"].items():
+        if name.startswith("stages_fp32"):
+            continue  # another precision: differs on near-ties by design
+        if entry["equal_fraction"] < least:
+            sys.exit(f"{name}: its labelmap differs from Segmenter.predict's on {entry['differing_voxels']:,} voxels; "
+                     "inference_worker.py's stages must follow Segmenter.predict, and the command must give "
+                     "what it gives")
+        if entry["differing_voxels"]:
+            print(f"note: {name} differs from the first Segmenter.predict run on {entry['differing_voxels']:,} "
+                  "voxels (near-ties)", flush=True)
 
 
 def add_bounds(result: dict, rates: dict) -> None:
@@ -192,8 +235,8 @@ def summary(result: dict) -> dict:
         "whole_command_times_flop_bound": result["whole_command"]["flop_bound"]["times_flop_bound"],
         "fastest_over_patch_fp32": result["patch"]["fp32"]["extrapolated_seconds"] / fast["seconds_end_to_end"],
         "bf16_over_fp32_matmul": rates["bf16_matmul"] / rates["fp32_matmul"],
-        "stages_match_segmenter": stages["labels_sha1"] == fast["labels_sha1"],
-        "command_matches_segmenter": result["whole_command"]["labels_sha1"] == fast["labels_sha1"],
+        "labels_equal_fraction": {name: entry["equal_fraction"]
+                                  for name, entry in result["labels_against_the_first_segmenter_run"].items()},
     }
 
 

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 import torch
@@ -41,19 +42,25 @@ from MultiTaskSegLib.engine.segmenter import Segmenter, dilated_by_one_voxel  # 
 from MultiTaskSegLib.engine.slab_loop import dense_probabilities  # noqa: E402
 
 
+def agreement(labels: np.ndarray, other: np.ndarray) -> dict:
+    """How far two labelmaps of the same volume agree (reduced precision flips near-ties)."""
+    differing = int(np.count_nonzero(labels != other)) if labels.shape == other.shape else int(labels.size)
+    return {"differing_voxels": differing, "equal_fraction": 1 - differing / max(1, labels.size)}
+
+
 def labels_summary(labels: np.ndarray) -> dict:
     return {"voxels": int(labels.size), "label_counts": np.bincount(labels.ravel()).tolist(),
             "labels_sha1": hashlib.sha1(np.ascontiguousarray(labels).tobytes()).hexdigest()}
 
 
-def segment(segmenter: Segmenter, path: Path) -> dict:
-    """``Segmenter.predict`` from the file to the labelmap, untouched (what users run)."""
+def segment(segmenter: Segmenter, path: Path) -> Tuple[dict, np.ndarray]:
+    """``Segmenter.predict`` from the file to the labelmap, untouched (what users run): (figures, labels)."""
     synchronize(segmenter.device)
     start = time.perf_counter()
     labels = segmenter.predict(read_volume(path)).labelmap()
     synchronize(segmenter.device)
     return {"mode": "segmenter", "precision": segmenter.precision, "seconds_end_to_end": time.perf_counter() - start,
-            **labels_summary(labels)}
+            **labels_summary(labels)}, labels
 
 
 def prepared_and_timed(segmenter: Segmenter):
@@ -62,8 +69,8 @@ def prepared_and_timed(segmenter: Segmenter):
     return model, ConvStackTimer(model, segmenter.device)
 
 
-def stages(segmenter: Segmenter, model, conv: ConvStackTimer, path: Path) -> dict:
-    """``Segmenter.predict`` step by step (see its source) on ``model``, each step timed."""
+def stages(segmenter: Segmenter, model, conv: ConvStackTimer, path: Path) -> Tuple[dict, np.ndarray]:
+    """``Segmenter.predict`` step by step (see its source) on ``model``, each step timed: (figures, labels)."""
     bundle, device = segmenter.bundle, segmenter.device
     conv.seconds, conv.flops, conv.calls = 0.0, 0, 0
     times, clock = {}, [time.perf_counter()]
@@ -104,7 +111,7 @@ def stages(segmenter: Segmenter, model, conv: ConvStackTimer, path: Path) -> dic
         lap("write_nifti_gz")
     return {"mode": "stages", "precision": segmenter.precision, "seconds_end_to_end": seconds,
             "stage_seconds": times, "seconds_conv_stack": conv.seconds, "conv_stack_flops": conv.flops,
-            "conv_stack_calls": conv.calls, **labels_summary(labels)}
+            "conv_stack_calls": conv.calls, **labels_summary(labels)}, labels
 
 
 def main() -> None:
@@ -114,12 +121,15 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--labels", help="also save the labelmap here (.npy), for the caller to compare")
     args = parser.parse_args()
     segmenter = Segmenter(load_bundle(args.model), device=args.device, precision=args.precision)
     if args.mode == "segmenter":
-        result = segment(segmenter, Path(args.input))
+        result, labels = segment(segmenter, Path(args.input))
     else:
-        result = stages(segmenter, *prepared_and_timed(segmenter), Path(args.input))
+        result, labels = stages(segmenter, *prepared_and_timed(segmenter), Path(args.input))
+    if args.labels:
+        np.save(args.labels, labels)
     result.update({"threads": torch.get_num_threads(), "peak_rss_bytes": peak_rss_bytes()})
     if torch.cuda.is_available() and args.device.startswith("cuda"):
         result["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()

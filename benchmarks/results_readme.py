@@ -67,14 +67,16 @@ def machine_lines(machine: dict) -> List[str]:
 
 
 def measured(result: dict, reference: Optional[dict]) -> str:
-    """A section's own date and machine, when it is not the inference run's."""
-    machine = result.get("machine", {})
-    if reference and machine.get("cpu") == reference.get("cpu") and \
-            machine.get("date_utc", "")[:10] == reference.get("date_utc", "")[:10]:
-        return ""
-    if not machine:
+    """A section's own run: its load, and its date and machine when not the inference run's."""
+    machine = result.get("machine")
+    if not isinstance(machine, dict):
         return "_(measured by an older version of the benchmark; no machine record)_\n\n"
-    return f"_(measured {machine.get('date_utc', '?')} UTC on {machine.get('cpu', '?')})_\n\n"
+    load = (f"load average at the start {machine.get('load_average_start', '?')}, at the end "
+            f"{machine.get('load_average_end', '?')}")
+    same = reference and machine.get("cpu") == reference.get("cpu") and \
+        machine.get("date_utc", "")[:10] == reference.get("date_utc", "")[:10]
+    where = "" if same else f" on {machine.get('cpu', '?')}"
+    return f"_(measured {machine.get('date_utc', '?')} UTC{where}; {load})_\n\n"
 
 
 def inference_section(inference: dict) -> List[str]:
@@ -122,19 +124,24 @@ def inference_section(inference: dict) -> List[str]:
               "² from the NIfTI file to the labelmap, each run in a fresh process (its peak RSS is the process's); "
               "the best run first, every run in brackets.",
               "³ inference_worker.py calls the engine's public functions one by one as `Segmenter.predict` does, "
-              "on a model it prepared, with the conv stack timed per call (synchronised); its labelmap "
-              + ("matched" if inference["summary"]["stages_match_segmenter"] else "**did not match**")
-              + " `Segmenter.predict`'s.",
+              "on a model it prepared, with the conv stack timed per call (synchronised).",
               "⁴ a fresh process as users run it: Python and torch imports, model load, gzip NIfTI read, "
-              "segmentation, NIfTI write; its labelmap "
-              + ("matched" if inference["summary"]["command_matches_segmenter"] else "**did not match**")
-              + " the in-process one.", "",
+              "segmentation, NIfTI write.", "",
+              agreement_line(inference), "",
               "Where the stage-by-stage run spent its time (seconds):", "",
               "| " + " | ".join(stages["stage_seconds"]) + " | of the network: conv stack |",
               "|" + "---|" * (len(stages["stage_seconds"]) + 1),
               "| " + " | ".join(f"{s:.2f}" for s in stages["stage_seconds"].values())
               + f" | {stages['seconds_conv_stack']:.2f} |", ""]
     return lines + ablation_lines(inference) + conv_stack_lines(inference)
+
+
+def agreement_line(inference: dict) -> str:
+    entries = inference.get("labels_against_the_first_segmenter_run", {})
+    parts = [f"{name} {100 * e['equal_fraction']:.3f}% ({e['differing_voxels']:,} voxels differ)"
+             for name, e in entries.items()]
+    return ("Labelmaps against the first `Segmenter.predict` run's, voxels equal: " + "; ".join(parts) + "."
+            if parts else "")
 
 
 def ablation_lines(inference: dict) -> List[str]:
@@ -278,7 +285,8 @@ def other_section(name: str, result: dict, reference) -> List[str]:
     if summary:
         lines += [f"- {key}: {round(value, 4) if isinstance(value, float) else value}" for key, value in summary.items()]
     else:
-        lines.append(f"No summary: see {name}.json.")
+        lines.append(f"Figures in {name}.json (this README shows a benchmark's top-level \"summary\" object; "
+                     "results_readme.py has no table for this one).")
     return lines + [""]
 
 
