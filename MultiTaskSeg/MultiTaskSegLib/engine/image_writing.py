@@ -18,7 +18,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from .atomic_files import atomic_write_path
 from .errors import OutputError
@@ -177,6 +176,8 @@ def write_segmentation_nrrd(labelmap: np.ndarray, reference: Volume, path: PathL
         raise ValueError(f"labels {missing} occur in the labelmap but have no segment")
 
     image = reference.with_array(labels).to_sitk()
+    from scipy import ndimage  # here, not at the top: see normalization.tissue_mode
+
     bounding_boxes = ndimage.find_objects(labels)  # one C pass for all labels
     metadata = {
         "Segmentation_MasterRepresentation": "Binary labelmap",
