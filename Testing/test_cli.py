@@ -22,25 +22,7 @@ from MultiTaskSegLib.engine.network import parameter_count
 from MultiTaskSegLib.engine.segmenter import Segmenter
 from MultiTaskSegLib.engine.image_reading import read_volume
 
-
-def run(capsys, *argv):
-    """(exit code, stdout, stderr) of ``multitaskseg argv``."""
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def error_lines(err: str):
-    return [line for line in err.splitlines() if line.startswith("multitaskseg: error:")]
-
-
-def assert_one_error_line(err: str, *fragments: str) -> str:
-    lines = error_lines(err)
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+from support import assert_one_error_line, error_lines, run
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ from MultiTaskSegLib.engine.errors import InputError
 from MultiTaskSegLib.engine.geometry import (Volume, default_target_spacing, from_canonical,
                                       to_canonical, validate_volume)
 
+from support import random_direction
+
 
 def rotation(angle_x_deg: float, angle_y_deg: float, angle_z_deg: float = 0.0) -> np.ndarray:
     ax, ay, az = np.radians([angle_x_deg, angle_y_deg, angle_z_deg])
@@ -166,29 +168,6 @@ def test_default_target_spacing_is_the_in_plane_size():
     assert default_target_spacing((0.7, 0.7, 3.0)) == pytest.approx(0.7)
     assert default_target_spacing((3.0, 0.5, 0.5)) == pytest.approx(0.5)
     assert default_target_spacing((0.5, 1.0, 2.0)) == pytest.approx(1.0)
-
-
-def random_direction():
-    signed_permutation = st.tuples(st.permutations([0, 1, 2]),
-                                   st.lists(st.sampled_from([-1.0, 1.0]), min_size=3, max_size=3))
-
-    def permutation_matrix(drawn):
-        order, signs = drawn
-        matrix = np.zeros((3, 3))
-        for column, row in enumerate(order):
-            matrix[row, column] = signs[column]
-        return matrix
-
-    def rotation_matrix(quaternion):
-        q = np.asarray(quaternion)
-        w, x, y, z = q / np.linalg.norm(q)
-        return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                         [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                         [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
-
-    quaternion = st.lists(st.floats(-1, 1), min_size=4, max_size=4).filter(
-        lambda q: np.linalg.norm(q) > 0.1)
-    return st.one_of(signed_permutation.map(permutation_matrix), quaternion.map(rotation_matrix))
 
 
 @settings(max_examples=25, deadline=None)

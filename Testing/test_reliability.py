@@ -79,9 +79,7 @@ from MultiTaskSegLib.engine.image_reading import check_size_from_header, read_vo
 from MultiTaskSegLib.engine.image_writing import write_volume
 
 from conftest import small_random_bundle, synthetic_volume
-from test_cli import assert_one_error_line, run
-from test_geometry import random_direction
-from test_volume_io import write_dicom_series
+from support import assert_one_error_line, random_direction, run, write_dicom_series
 
 MODULE_FILE = Path(__file__).resolve().parents[1] / "MultiTaskSeg" / "MultiTaskSeg.py"
 

@@ -18,7 +18,7 @@ from MultiTaskSegLib.engine.segmenter import Segmenter
 from MultiTaskSegLib.training import evaluation, loop
 from MultiTaskSegLib.training.datasets import write_dataset
 
-from test_cli import assert_one_error_line, run
+from support import assert_one_error_line, run
 
 BRAIN_LABELS = {"background": 0, "white matter": 1, "cortical grey matter": 2, "basal ganglia and thalami": 3,
                 "ventricular cerebrospinal fluid": 4, "cerebellum": 5, "brain stem": 6}

@@ -25,8 +25,7 @@ from MultiTaskSegLib.engine.image_writing import write_labelmap, write_volume
 from MultiTaskSegLib.engine.segmenter import Segmenter
 
 from conftest import synthetic_volume
-from test_cli import assert_one_error_line, run
-from test_volume_io import write_dicom_series
+from support import assert_one_error_line, run, write_dicom_series
 
 UID = "1.2.826.0.1.3680043.2.1125.2.404"
 

@@ -19,7 +19,7 @@ from MultiTaskSegLib.engine.bundle_schema import parameter_count_of
 from MultiTaskSegLib.engine.errors import ModelError
 from MultiTaskSegLib.engine.network import Architecture, TriplanarCNN, parameter_count
 
-from test_cli import assert_one_error_line, run
+from support import assert_one_error_line, run
 
 
 @pytest.fixture(scope="module")

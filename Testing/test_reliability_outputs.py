@@ -28,7 +28,7 @@ from MultiTaskSegLib.engine.image_writing import write_labelmap, write_volume
 from MultiTaskSegLib.engine.segmenter import Segmenter
 
 from conftest import synthetic_volume
-from test_cli import assert_one_error_line, run
+from support import assert_one_error_line, run
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,8 @@ _ANGLE = np.radians(30)
 OBLIQUE = np.array([[np.cos(_ANGLE), -np.sin(_ANGLE), 0.0],
                     [np.sin(_ANGLE), np.cos(_ANGLE), 0.0],
                     [0.0, 0.0, 1.0]])
+
+from support import write_dicom_series
 
 
 @pytest.fixture
@@ -55,32 +56,6 @@ def test_detached_header_formats_are_read(tmp_path, volume, suffix):
     assert_same_geometry(back, volume)
     with pytest.raises(OutputError, match=".nrrd"):  # cannot be renamed into place atomically
         write_volume(volume, tmp_path / f"other{suffix}")
-
-
-def write_dicom_series(folder: Path, volume: Volume, series_uid: str, description: str) -> None:
-    """One file per slice with the tags a scanner writes, as SimpleITK's DICOM series example."""
-    folder.mkdir(exist_ok=True)
-    image = volume.to_sitk()
-    d = volume.direction
-    shared = {
-        "0008|0021": time.strftime("%Y%m%d"), "0008|0031": time.strftime("%H%M%S"),
-        "0008|0008": "DERIVED\\SECONDARY", "0008|0060": "MR",
-        "0020|000e": series_uid, "0008|103e": description,
-        "0020|000d": "1.2.826.0.1.3680043.2.1125.1.1",  # study instance UID
-        "0020|0037": "\\".join(str(v) for v in (d[0, 0], d[1, 0], d[2, 0], d[0, 1], d[1, 1], d[2, 1])),
-    }
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(image.GetDepth()):
-        slice_image = image[:, :, k]
-        for tag, value in shared.items():
-            slice_image.SetMetaData(tag, value)
-        position = image.TransformIndexToPhysicalPoint((0, 0, k))
-        slice_image.SetMetaData("0020|0032", "\\".join(str(v) for v in position))
-        slice_image.SetMetaData("0020|0013", str(k + 1))
-        slice_image.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")
-        writer.SetFileName(str(folder / f"{series_uid[-3:]}_{k:03d}.dcm"))
-        writer.Execute(slice_image)
 
 
 def test_dicom_series_folder(tmp_path, volume):
