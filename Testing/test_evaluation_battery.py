@@ -33,7 +33,7 @@ def test_the_battery_runs_every_variant_on_a_tiny_case_and_writes_its_tables(hel
         assert set(row["dice"]) == set(maps)
         assert all(0.0 <= d <= 1.0 for dice in row["dice"].values() for d in dice.values())
         alien = row["alien"]
-        assert alien["voxels"] == sum(alien["per_class"].values())
+        assert alien["voxels"] == sum(alien["per_class"].values()) >= alien["voxels_in_head"]
         assert alien["share_of_head"] == pytest.approx(alien["voxels"] / alien["head_voxels"])
         if len(maps) > 1:
             assert set(row["maps_agreement"]) == set(row["dice"][maps[0]])

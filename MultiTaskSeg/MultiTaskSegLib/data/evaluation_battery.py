@@ -9,7 +9,8 @@ dense pass, back to the variant's grid, labelmap rule), so geometry is tested en
 Measured per variant, on its own grid: Dice per brain class against each label map (the
 Desikan-Killiany and the Neuromorphometrics atlas, carried along with the image), the two maps'
 own agreement (the ceiling of any Dice against either), the alien-class voxels (classes of other
-tasks, e.g. pectoral muscle on a head) as a count and a share of the head, and the white- and grey-
+tasks, e.g. pectoral muscle on a head: all of them, those inside the head, their volume, and their
+share of the head's voxels; a scan's noisy air is classified too), and the white- and grey-
 matter median of the network input under each MR normalisation rule.
 """
 
@@ -148,14 +149,17 @@ def evaluate_variant(segmenter: Segmenter, image: Volume, maps: Mapping[str, np.
                   for c, d in dice_per_class(references[names[0]], references[names[1]], brain).items()}
                  if len(names) > 1 else {})
     counts = np.bincount(labels.ravel(), minlength=len(bundle.classes))
-    head_voxels = int(np.count_nonzero(maps[HEAD_MASK]))
+    head = maps[HEAD_MASK] > 0
+    head_voxels = int(np.count_nonzero(head))
     alien_voxels = int(counts[alien].sum())
+    in_head = int(np.count_nonzero(np.isin(labels[head], alien)))
     return {"shape": list(image.array.shape), "spacing_mm": [round(s, 3) for s in image.spacing],
             "seconds": round(seconds, 1), "dice": dice,
             "mean_dice": {name: round(float(np.mean(list(d.values()))), 4) for name, d in dice.items()},
             "maps_agreement": agreement,
-            "alien": {"voxels": alien_voxels, "head_voxels": head_voxels,
+            "alien": {"voxels": alien_voxels, "voxels_in_head": in_head, "head_voxels": head_voxels,
                       "share_of_head": alien_voxels / max(1, head_voxels),
+                      "millilitres": round(alien_voxels * float(np.prod(image.spacing)) / 1000.0, 3),
                       "per_class": {bundle.classes[c].name: int(counts[c]) for c in alien}},
             "normalised_tissue": normalised_tissue_medians(image, maps[names[0]])}
 
@@ -240,15 +244,15 @@ def battery_markdown(results: dict) -> str:
              f"{results['device']} {results['precision']}, head: {results['head']}, seed {results['seed']}.", ""]
     for label_map in dict.fromkeys(m for row in rows.values() for m in row["dice"]):
         lines += [f"## Dice against {label_map}", "",
-                  "| variant | " + " | ".join(classes) + " | mean | alien voxels | alien share of head |",
-                  "|---" * (len(classes) + 4) + "|"]
+                  "| variant | " + " | ".join(classes) + " | mean | alien voxels (in the head) | alien ml | "
+                  "alien share of head |", "|---" * (len(classes) + 5) + "|"]
         for name, row in rows.items():
             if label_map not in row["dice"]:
                 continue
-            dice = row["dice"][label_map]
+            dice, alien = row["dice"][label_map], row["alien"]
             lines.append(f"| {name} | " + " | ".join(f"{dice[c]:.3f}" for c in classes) +
-                         f" | {row['mean_dice'][label_map]:.3f} | {row['alien']['voxels']} | "
-                         f"{100 * row['alien']['share_of_head']:.4f}% |")
+                         f" | {row['mean_dice'][label_map]:.3f} | {alien['voxels']} ({alien['voxels_in_head']}) | "
+                         f"{alien['millilitres']:.2f} | {100 * alien['share_of_head']:.4f}% |")
         lines.append("")
     agreement = next((row["maps_agreement"] for row in rows.values() if row["maps_agreement"]), None)
     if agreement:
