@@ -150,9 +150,10 @@ def with_openvino_conv_stack(prepared: TriplanarCNN, threads: Optional[int] = No
 
 
 BACKENDS = ("auto", "torch", "openvino")
-# Precisions in which OpenVINO beat PyTorch on this project's benchmark machine (AVX-512 with bf16,
-# no AMX; benchmarks/results/openvino.json): the conv stack ~2.1x in bf16 and in fp32, the brain end
-# to end ~3x in bf16 on the shared 2-core machine. "auto" takes it in these.
+# Precisions in which OpenVINO beat PyTorch on this project's benchmark machine (2 cores, AVX-512
+# with bf16, no AMX; benchmarks/results/openvino.json): the conv stack 1.6x faster in bf16 and 2.2x
+# in fp32, the brain end to end 1.8x in bf16 (3-5x while other processes share the cores: PyTorch's
+# many short parallel ops suffer most). "auto" takes it in these.
 FASTER_IN = ("bf16", "fp32")
 
 
