@@ -165,3 +165,9 @@ def write_bytes_atomically(path: PathLike, write: Callable[[Path], None], overwr
             raise OutputError(f"Cannot write {path!s}: {error.strerror or error}. The previous content, if any, "
                               f"is unchanged.") from None
     return path
+
+
+def write_text_atomically(path: PathLike, text: str, overwrite: bool = True) -> Path:
+    """A report or table (UTF-8): readers see the old file or the whole new one, never half of it.
+    ``overwrite`` defaults to True because reports are rewritten; commands check before they start."""
+    return write_bytes_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"), overwrite)

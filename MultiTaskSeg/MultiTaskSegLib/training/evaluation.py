@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..engine.atomic_files import write_text_atomically
 from ..engine.bundle import ModelBundle
 from ..engine.labelmap_rule import ProbabilityMaps, threshold_to_level
 from ..engine.metrics import alien_class_rate, dice_per_class, optimal_operating_point
@@ -81,7 +82,7 @@ def write_report(results: dict, bundle: ModelBundle, prefix: Path) -> None:
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     serializable = {**results, "thresholds": {bundle.classes[c].name: t for c, t in results["thresholds"].items()}}
-    prefix.with_suffix(".json").write_text(json.dumps(serializable, indent=2))
+    write_text_atomically(prefix.with_suffix(".json"), json.dumps(serializable, indent=2))
     lines = ["# Evaluation on held-out cases", ""]
     for task, s in results["summary"].items():
         lines += [f"## {task} ({s['cases']} cases)", "", "| class | mean Dice |", "|---|---|"]
@@ -100,4 +101,4 @@ def write_report(results: dict, bundle: ModelBundle, prefix: Path) -> None:
     for r in results["cases"]:
         dice = ", ".join(f"{n} {d:.3f}" for n, d in r["dice"].items())
         lines.append(f"| {r['case']} | {r['task']} | {dice} | {100 * r['alien_class_rate']:.4f}% |")
-    prefix.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write_text_atomically(prefix.with_suffix(".md"), "\n".join(lines) + "\n")

@@ -8,6 +8,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ...engine.atomic_files import write_text_atomically
 from ...engine.classes import DEFAULT_CLASSES, DEFAULT_TASKS
 from ..datasets import load_dataset
 from .catalog import EXPERIMENTS, NOISE_FACTOR, PAPER, experiment, task_of_class
@@ -113,9 +114,9 @@ def write_experiment_report(results: dict, markdown_path: Path) -> None:
     markdown_path = Path(markdown_path)
     assets = markdown_path.with_suffix("")
     assets.mkdir(parents=True, exist_ok=True)
-    (assets / "experiments.json").write_text(json.dumps(results, indent=2))
+    write_text_atomically(assets / "experiments.json", json.dumps(results, indent=2))
     plot_experiment_curves(results["runs"], assets / "learning_curves.png")
-    markdown_path.write_text(render_markdown(results, f"{assets.name}/"))
+    write_text_atomically(markdown_path, render_markdown(results, f"{assets.name}/"))
 
 
 def render_markdown(results: dict, assets_prefix: str) -> str:
