@@ -12,7 +12,8 @@ from MultiTaskSegLib.engine.network import dense_logits
 from MultiTaskSegLib.engine.prepared_model import inference_model
 from MultiTaskSegLib.engine.slab_loop import dense_probabilities
 from MultiTaskSegLib.training.calibration import (Calibration, LogitSample, calibrate_and_choose_thresholds,
-                                                  calibrate_bundle, fit_calibration, fold_into_bundle, sample_logits)
+                                                  calibrate_bundle, fit_calibration, fold_into_bundle, remove_calibrations,
+                                                  sample_logits)
 from MultiTaskSegLib.training.cases import PreparedCase
 from conftest import small_random_bundle
 
@@ -65,6 +66,18 @@ def test_folding_gives_the_calibrated_logits_exactly():
     expected[7] -= 2.5
     np.testing.assert_allclose(after, expected, rtol=1e-4, atol=1e-4)
     assert bundle.provenance["calibration"][-1]["offsets"] == {"basal ganglia and thalami": 0.4, "pectoral muscle": -2.5}
+
+
+def test_removing_the_calibrations_gives_back_the_network_as_training_left_it():
+    bundle = small_random_bundle(3)
+    original = {k: v.clone() for k, v in bundle.model.head[-1].state_dict().items()}
+    fold_into_bundle(bundle, Calibration("temperature-offsets", "all", 1.7, {3: 0.4, 7: -2.5}, 1.0, 0.9, 10))
+    fold_into_bundle(bundle, Calibration("offsets", "thresholded", 1.0, {7: 0.75, 8: -1.25}, 1.0, 0.9, 10))
+    assert not torch.allclose(bundle.model.head[-1].bias, original["bias"])
+    remove_calibrations(bundle)
+    for name, value in bundle.model.head[-1].state_dict().items():
+        torch.testing.assert_close(value, original[name], rtol=0, atol=1e-5)
+    assert "calibration" not in bundle.provenance
 
 
 def tiny_case(task: str, labels_of_task, seed: int, shape=(10, 12, 14)) -> PreparedCase:

@@ -213,8 +213,9 @@ def test_validation_blocks_cover_every_class_of_the_task():
 
 
 def test_fine_tuning_starts_from_the_given_bundle(tiny_datasets, tmp_path):
-    first = train(tiny_config(tiny_datasets, tmp_path / "first", steps=2, evaluate_at_end=False, seed=1))
-    zero_steps = train(tiny_config(tiny_datasets, tmp_path / "tuned", steps=1, learning_rate=0.0,
+    first = train(tiny_config(tiny_datasets, tmp_path / "first", steps=2, evaluate_at_end=False, seed=1,
+                              calibration=None))
+    zero_steps = train(tiny_config(tiny_datasets, tmp_path / "tuned", steps=1, learning_rate=0.0, calibration=None,
                                    evaluate_at_end=False, init_from=str(tmp_path / "first" / "model.safetensors")))
     # with a learning rate of 0 the weights stay those it started from, not a new random draw
     for name, value in first.model.state_dict().items():
@@ -224,3 +225,20 @@ def test_fine_tuning_starts_from_the_given_bundle(tiny_datasets, tmp_path):
     with pytest.raises(InputError, match="cannot be fine-tuned"):
         train(tiny_config(tiny_datasets, tmp_path / "deeper", steps=1, n_layers=3,
                           init_from=str(tmp_path / "first" / "model.safetensors")))
+
+
+def test_training_ends_calibrated_and_fine_tuning_starts_from_the_uncalibrated_network(tiny_datasets, tmp_path):
+    """The balanced sampling's prior is corrected at the end (the offsets are the log frequency ratios
+    of the training cases, negative for these rare classes); fine-tuning removes that correction first,
+    so that the next calibration does not count it twice."""
+    calibrated = train(tiny_config(tiny_datasets, tmp_path / "first", steps=2, evaluate_at_end=False))
+    entry = calibrated.provenance["calibration"][-1]
+    assert entry["method"] == "prior" and entry["offsets"]["pectoral muscle"] < 0
+    assert entry["offsets"]["coronary arteries"] < 0
+    tuned = train(tiny_config(tiny_datasets, tmp_path / "tuned", steps=1, learning_rate=0.0, calibration=None,
+                              evaluate_at_end=False, init_from=str(tmp_path / "first" / "model.safetensors")))
+    assert "calibration" not in tuned.provenance
+    bias = calibrated.model.head[-1].bias.detach().clone()
+    for name, d in entry["offsets"].items():
+        bias[calibrated.class_index(name)] -= d
+    torch.testing.assert_close(tuned.model.head[-1].bias, bias, rtol=0, atol=1e-5)

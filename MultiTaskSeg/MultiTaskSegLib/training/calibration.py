@@ -233,6 +233,19 @@ def fold_into_bundle(bundle: ModelBundle, calibration: Calibration) -> None:
     history.append(calibration.to_json(bundle.classes))
 
 
+def remove_calibrations(bundle: ModelBundle) -> None:
+    """Undo every calibration folded into ``bundle`` (in place, newest first), back to the network as
+    training left it. Fine-tuning starts from there: training with balanced sampling would otherwise
+    relearn the balanced prior on top of a correction, and the next calibration would count it twice."""
+    layer = bundle.model.head[-1]
+    with torch.no_grad():
+        for entry in reversed(bundle.provenance.pop("calibration", [])):
+            for name, d in entry["offsets"].items():
+                layer.bias[bundle.class_index(name)] -= d
+            layer.weight.mul_(entry["temperature"])
+            layer.bias.mul_(entry["temperature"])
+
+
 def calibrate_bundle(bundle: ModelBundle, cases: Sequence[PreparedCase], device: torch.device | str = "cpu",
                      precision: Optional[str] = None, method: str = DEFAULT_METHOD, which: str = "thresholded",
                      voxels_per_case: int = 200_000, seed: int = 0, progress: Optional[ProgressCallback] = None,

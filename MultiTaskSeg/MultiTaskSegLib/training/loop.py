@@ -34,10 +34,14 @@ from ..engine.devices import autocast, default_precision, resolve_device
 from ..engine.errors import InputError
 from ..engine.network import Architecture, crops_logits
 from ..engine.progress import CancelCheck, ProgressCallback, check_cancel, report
+from .calibration import calibrate_bundle, remove_calibrations
 from .cases import group_by_task, prepare_dataset
 from .datasets import TaskDataset, load_dataset
 from .evaluation import evaluate_cases, write_report
 from .sampling import BatchStream, validation_blocks, weighted_batches
+
+
+CALIBRATION_CASES_PER_TASK = 4  # enough for class frequencies; the float pass is one slab set per case
 
 
 @dataclass
@@ -63,6 +67,10 @@ class TrainConfig:
     evaluate_at_end: bool = True
     n_layers: int = 25               # the paper's depth; tests and quick experiments may use fewer
     init_from: Optional[str] = None  # fine-tune: start from this bundle's weights (same classes and layers)
+    # calibration.METHODS entry fitted on training cases at the end, before the thresholds are chosen;
+    # "prior" by default: it corrects the balanced sampling from label counts alone, so it cannot
+    # overfit cases the network has seen (the fitted methods want held-out cases: calibration.py).
+    calibration: Optional[str] = "prior"
 
 
 @dataclass
@@ -167,6 +175,7 @@ def start_from(bundle: ModelBundle, path: str) -> None:
         raise InputError(f"{path} cannot be fine-tuned on these datasets: it has {source.architecture.n_layers} layers "
                          f"and classes {[c.name for c in source.classes]}, the run needs "
                          f"{bundle.architecture.n_layers} layers and {[c.name for c in bundle.classes]}.")
+    remove_calibrations(source)
     bundle.model.load_state_dict(source.model.state_dict())
     bundle.provenance["training"]["initialised_from"] = {"model": str(path),
                                                          "created": source.provenance.get("created")}
@@ -373,6 +382,10 @@ def train(config: TrainConfig, progress: Optional[ProgressCallback] = None,
     if device.type == "cuda":  # which GPU, for anyone comparing training times later
         bundle.provenance["training"]["device_name"] = torch.cuda.get_device_name(device)
     plot_learning_curves(state.history, class_names, work / "learning_curve.png", "MultiTaskSeg training")
+    if config.calibration and any(c.decision == "threshold" for c in bundle.classes):
+        report(progress, 1.0, "Calibrating the probabilities")
+        calibrate_bundle(bundle, [c for cs in train_cases.values() for c in cs[:CALIBRATION_CASES_PER_TASK]],
+                         device, precision, method=config.calibration, seed=config.seed)
     if config.evaluate_at_end and test_cases:
         report(progress, 1.0, "Evaluating on held-out cases")
         results = evaluate_cases(bundle, [c for cs in test_cases.values() for c in cs], device, precision,
