@@ -2,6 +2,7 @@
 checks the mechanics (every variant segmented through the Segmenter, metrics defined, writers), the
 re-acquisition's alignment of image and labels, and determinism by seed; not the model's quality."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -10,8 +11,10 @@ import pytest
 from MultiTaskSegLib.data.evaluation_battery import (HEAD_MASK, VARIANTS, downsampled, icbm2009a_held_out,
                                                      make_variant, run_battery, write_battery)
 from MultiTaskSegLib.data.reacquisition import Acquisition, reacquire
+from MultiTaskSegLib.engine.errors import InputError
 from MultiTaskSegLib.engine.geometry import Volume
 from conftest import small_random_bundle
+from support import assert_one_error_line, run
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +90,35 @@ def test_the_head_mask_travels_with_the_variant(tiny_brain):
     image, maps = make_variant(tiny_brain, "with head")
     assert maps[HEAD_MASK].shape == image.array.shape
     assert maps[HEAD_MASK].sum() > (tiny_brain.image.array > 0).sum()
+
+
+def test_evaluate_battery_writes_the_battery_report_beside_the_prefix(capsys, tmp_path, small_bundle_file):
+    code, out, _ = run(capsys, "evaluate", "--battery", "--battery-coarsen", "8", "--model", small_bundle_file,
+                       "-o", tmp_path / "shipped", "--device", "cpu")
+    assert code == 0
+    results = json.loads((tmp_path / "shipped-battery.json").read_text())
+    assert list(results["variants"]) == list(VARIANTS)
+    assert "# Evaluation battery" in out and (tmp_path / "shipped-battery.md").read_text() in out
+    assert not (tmp_path / "shipped.md").exists()  # no datasets, no dataset report
+
+
+def test_evaluate_needs_datasets_or_the_battery_and_keeps_an_existing_battery_report(capsys, tmp_path,
+                                                                                    small_bundle_file):
+    code, _, err = run(capsys, "evaluate", "--model", small_bundle_file)
+    assert code == 2
+    assert_one_error_line(err, "--battery")
+    (tmp_path / "old-battery.md").write_text("kept")
+    code, _, err = run(capsys, "evaluate", "--battery", "--model", small_bundle_file, "-o", tmp_path / "old")
+    assert code != 0 and "--overwrite" in err
+    assert (tmp_path / "old-battery.md").read_text() == "kept"
+
+
+def test_the_battery_refuses_a_model_without_the_brain_task(tiny_brain):
+    from MultiTaskSegLib.engine.bundle import make_random_bundle
+    from MultiTaskSegLib.engine.classes import DEFAULT_CLASSES, DEFAULT_TASKS
+
+    classes = [c for c in DEFAULT_CLASSES if c.task in (None, "breast")]
+    classes = [dataclasses.replace(c, index=i) for i, c in enumerate(classes)]
+    breast_only = make_random_bundle(0, classes, [t for t in DEFAULT_TASKS if t.name == "breast"], n_layers=4)
+    with pytest.raises(InputError, match="does not have"):
+        run_battery(breast_only, tiny_brain, device="cpu")

@@ -74,6 +74,10 @@ def _add_train(subparsers) -> None:
     parser.add_argument("--time-limit", type=positive_float, metavar="MINUTES", help="stop cleanly after this long")
     parser.add_argument("--no-augmentation", action="store_true")
     parser.add_argument("--no-evaluation", action="store_true", help="skip the held-out evaluation at the end")
+    parser.add_argument("--calibration", default="prior", choices=("prior", "offsets", "temperature-offsets", "none"),
+                        help="at the end, correct the probabilities for the balanced class sampling before the "
+                             "thresholds are chosen, so that they sit mid-slider (default prior: from the training "
+                             "cases' label counts; the fitted methods fit the training cases, which the network has seen; none: off)")
     parser.add_argument("--init-from", metavar="MODEL",
                         help="fine-tune: start from this bundle's weights (same classes and layers) instead of random")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output bundle")
@@ -95,7 +99,8 @@ def _run_train(args) -> int:
                          device=args.device, precision=args.precision, seed=args.seed,
                          time_limit_minutes=args.time_limit, augmentation=not args.no_augmentation,
                          evaluate_at_end=not args.no_evaluation, workers=args.workers,
-                         init_from=args.init_from)
+                         init_from=args.init_from,
+                         calibration=None if args.calibration == "none" else args.calibration)
     bar, progress = progress_bar("train")
     with bar:
         bundle = train(config, progress=progress)
@@ -113,7 +118,15 @@ def _add_evaluate(subparsers) -> None:
         "evaluate", help="Dice per class and alien-class rate of a model on labelled datasets",
         description="Evaluate a model bundle on the labelled cases of nnU-Net dataset folders (paper 4): Dice per "
                     "class, alien-class rate, and with --choose-thresholds the precision-recall optimal thresholds.")
-    parser.add_argument("datasets", nargs="+", metavar="DATASET")
+    parser.add_argument("datasets", nargs="*", metavar="DATASET", help="nnU-Net dataset folders (none with --battery "
+                        "alone)")
+    parser.add_argument("--battery", action="store_true",
+                        help="also run the evaluation battery: the held-out ICBM 2009a brain skull-stripped, inside a "
+                             "synthetic head and as tilted thick-slice re-acquisitions, Dice against two atlases and "
+                             "alien-class voxels (written to REPORT-battery.md/.json)")
+    parser.add_argument("--battery-coarsen", type=positive_int, default=1, metavar="K",
+                        help="block-average the battery's brain by K first: a quick check of a model (default 1: "
+                             "the full 1 mm brain, a few minutes on a CPU)")
     parser.add_argument("--model", help="model bundle (default: the shipped model)")
     parser.add_argument("--split", choices=("test", "training"), default="test")
     parser.add_argument("-o", "--report", default="evaluation", help="report path prefix (.md and .json)")
@@ -126,13 +139,15 @@ def _add_evaluate(subparsers) -> None:
 
 def _run_evaluate(args) -> int:
     from ..engine.bundle import load_bundle
-    from ..training.cases import prepare_dataset
-    from ..training.datasets import load_dataset
-    from ..training.evaluation import evaluate_cases, write_report
     from ..engine.segmenter import Segmenter
 
+    if not args.datasets and not args.battery:
+        raise InputError("Give one or more nnU-Net dataset folders to evaluate on, or --battery for the held-out "
+                         "brain battery (or both).")
     prefix = Path(args.report)
-    reports = [prefix.with_suffix(".md"), prefix.with_suffix(".json")]
+    reports = [prefix.with_suffix(".md"), prefix.with_suffix(".json")] if args.datasets else []
+    if args.battery:
+        reports += list(_battery_paths(prefix))
     existing = [p for p in reports if p.exists()]
     if existing and not args.overwrite:
         raise OutputError(f"{existing[0]} exists already: use --overwrite or another --report.")
@@ -140,6 +155,37 @@ def _run_evaluate(args) -> int:
     _check_outputs(reports, _dataset_files(args.datasets) + model_files)
     bundle = load_bundle(args.model)
     segmenter = Segmenter(bundle, device=args.device)
+    if args.datasets:
+        _evaluate_datasets(args, bundle, segmenter, prefix)
+    if args.battery:
+        _run_battery(args, bundle, segmenter, prefix)
+    return EXIT_OK
+
+
+def _battery_paths(prefix: Path):
+    battery = prefix.with_name(prefix.name + "-battery")
+    return battery.with_suffix(".md"), battery.with_suffix(".json")
+
+
+def _run_battery(args, bundle, segmenter, prefix: Path) -> None:
+    from ..data.evaluation_battery import downsampled, icbm2009a_held_out, run_battery, write_battery
+
+    brain = icbm2009a_held_out()
+    if args.battery_coarsen > 1:
+        brain = downsampled(brain, args.battery_coarsen)
+    bar, progress = progress_bar("battery")
+    with bar:
+        results = run_battery(bundle, brain, device=segmenter.device, precision=segmenter.precision,
+                              progress=progress)
+    _, markdown = write_battery(results, _battery_paths(prefix)[0].with_suffix(""))
+    print(markdown.read_text())
+
+
+def _evaluate_datasets(args, bundle, segmenter, prefix: Path) -> None:
+    from ..training.cases import prepare_dataset
+    from ..training.datasets import load_dataset
+    from ..training.evaluation import evaluate_cases, write_report
+
     class_names = [c.name for c in bundle.classes]
     cases = []
     for folder in args.datasets:
@@ -153,7 +199,6 @@ def _run_evaluate(args) -> int:
                                  choose_thresholds=args.choose_thresholds, progress=progress)
     write_report(results, bundle, prefix)
     print(prefix.with_suffix(".md").read_text())
-    return EXIT_OK
 
 
 def check_labels_occur(dataset, prepared, class_names: Sequence[str], split: str) -> None:

@@ -26,7 +26,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from ..engine.atomic_files import write_text_atomically
 from ..engine.bundle import ModelBundle
+from ..engine.errors import InputError
 from ..engine.geometry import Volume, to_canonical
 from ..engine.metrics import dice_per_class
 from ..engine.normalization import PERCENTILE_RULE, TISSUE_MODE_RULE, mr_scale
@@ -83,6 +85,14 @@ def label_maps_on(image: Volume) -> Dict[str, np.ndarray]:
 def icbm2009a_held_out() -> HeldOutBrain:
     image, _ = brain_templates.icbm2009a_brain_case()
     return HeldOutBrain(image, label_maps_on(image))
+
+
+def icbm2009a_with_head_case(seed: int = 0) -> Tuple[Volume, np.ndarray]:
+    """The held-out brain inside the battery's head, with its Desikan-Killiany labels (0..6) on the
+    head's grid: a whole-head T1 as scanners deliver it, for the demo."""
+    image, labels = brain_templates.icbm2009a_brain_case()
+    head, _ = HEAD_SYNTHESIS(image, seed)
+    return head, labels_onto(labels, image, head)
 
 
 def downsampled(brain: HeldOutBrain, factor: int) -> HeldOutBrain:
@@ -172,6 +182,9 @@ def run_battery(bundle: ModelBundle, brain: Optional[HeldOutBrain] = None, varia
     ``include_pydeface`` adds the pydeface whole head with its registered labels (only when that head
     is held out of training). Returns a dict for ``write_battery``.
     """
+    if "brain" not in {task.name for task in bundle.tasks}:
+        raise InputError(f"The battery measures the brain task, which the model {bundle.path or ''} does not have "
+                         f"(tasks: {', '.join(t.name for t in bundle.tasks)}). Evaluate it on its own datasets instead.")
     brain = brain or icbm2009a_held_out()
     segmenter = Segmenter(bundle, device=device, precision=precision)
     rows: Dict[str, dict] = {}
@@ -230,8 +243,8 @@ def write_battery(results: dict, prefix: Path) -> Tuple[Path, Path]:
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = prefix.with_suffix(".json"), prefix.with_suffix(".md")
-    json_path.write_text(json.dumps(results, indent=2))
-    md_path.write_text(battery_markdown(results))
+    write_text_atomically(json_path, json.dumps(results, indent=2))
+    write_text_atomically(md_path, battery_markdown(results))
     return json_path, md_path
 
 

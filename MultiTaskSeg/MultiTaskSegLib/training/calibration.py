@@ -25,7 +25,6 @@ stay as they are.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
