@@ -1,5 +1,5 @@
 # make test   create .venv/ when missing, install the pinned dependencies once, run the test suite
-# make demo   segment a real brain T1 and a breast and a cardiac phantom with the shipped model
+# make demo   segment a real brain T1 (skull-stripped and inside a head) and a breast and a cardiac phantom
 # make bench  run the speed and memory benchmarks in benchmarks/
 
 PYTHON ?= python3

