@@ -56,9 +56,13 @@ def evaluate_cases(bundle: ModelBundle, cases: Sequence[PreparedCase], device: t
     for m, case in zip(maps, cases):
         labels = m.labelmap(thresholds)
         task_classes = [c.index for c in bundle.classes if c.task == case.task]
-        dice = dice_per_class(labels, case.labels, task_classes)
+        # a class in neither the reference nor the prediction has no Dice to report: counting it as
+        # 1.0 (two empty sets agree) would lift the mean for cases that say nothing about the class
+        present = set(np.unique(labels).tolist()) | set(np.unique(case.labels).tolist())
+        dice = dice_per_class(labels, case.labels, [c for c in task_classes if c in present])
         rows.append({"case": case.case_id, "task": case.task,
                      "dice": {bundle.classes[c].name: round(float(d), 4) for c, d in dice.items()},
+                     "absent": [bundle.classes[c].name for c in task_classes if c not in present],
                      "alien_class_rate": float(alien_class_rate(labels, case.task, bundle.classes))})
     report(progress, 1.0, "Evaluated")
     return {"cases": rows, "thresholds": thresholds,
@@ -66,13 +70,15 @@ def evaluate_cases(bundle: ModelBundle, cases: Sequence[PreparedCase], device: t
 
 
 def summarize(rows: Sequence[dict]) -> Dict[str, dict]:
-    """Mean Dice per class and median alien-class rate per task."""
+    """Mean Dice per class over the cases where the class is in the reference or the prediction
+    (None where it is in none), and median alien-class rate per task."""
     summary: Dict[str, dict] = {}
     for task in dict.fromkeys(r["task"] for r in rows):
         task_rows = [r for r in rows if r["task"] == task]
-        names = task_rows[0]["dice"].keys()
+        names = dict.fromkeys(n for r in task_rows for n in list(r["dice"]) + r.get("absent", []))
+        means = {n: [r["dice"][n] for r in task_rows if n in r["dice"]] for n in names}
         summary[task] = {"cases": len(task_rows),
-                         "mean_dice": {n: round(float(np.mean([r["dice"][n] for r in task_rows])), 4) for n in names},
+                         "mean_dice": {n: round(float(np.mean(v)), 4) if v else None for n, v in means.items()},
                          "median_alien_class_rate": float(np.median([r["alien_class_rate"] for r in task_rows]))}
     return summary
 
@@ -86,7 +92,7 @@ def write_report(results: dict, bundle: ModelBundle, prefix: Path) -> None:
     lines = ["# Evaluation on held-out cases", ""]
     for task, s in results["summary"].items():
         lines += [f"## {task} ({s['cases']} cases)", "", "| class | mean Dice |", "|---|---|"]
-        lines += [f"| {name} | {d:.3f} |" for name, d in s["mean_dice"].items()]
+        lines += [f"| {name} | {'n/a (in no case)' if d is None else f'{d:.3f}'} |" for name, d in s["mean_dice"].items()]
         lines += ["", f"Median alien-class rate: {100 * s['median_alien_class_rate']:.4f}% of the scan's voxels.", ""]
     if results["operating_points"]:
         lines += ["## Precision-recall optimal operating points (pooled over the task's test cases)", "",
@@ -99,6 +105,6 @@ def write_report(results: dict, bundle: ModelBundle, prefix: Path) -> None:
         lines.append("")
     lines += ["## Per case", "", "| case | task | Dice per class | alien-class rate |", "|---|---|---|---|"]
     for r in results["cases"]:
-        dice = ", ".join(f"{n} {d:.3f}" for n, d in r["dice"].items())
+        dice = ", ".join([f"{n} {d:.3f}" for n, d in r["dice"].items()] + [f"{n} absent" for n in r.get("absent", [])])
         lines.append(f"| {r['case']} | {r['task']} | {dice} | {100 * r['alien_class_rate']:.4f}% |")
     write_text_atomically(prefix.with_suffix(".md"), "\n".join(lines) + "\n")

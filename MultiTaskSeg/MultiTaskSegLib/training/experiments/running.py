@@ -106,7 +106,8 @@ def _train_one(e: Experiment, repeat: bool, datasets: Dict[str, str], run_dir: P
         "experiment": e.number, "label": e.label, "tasks": list(e.tasks), "repeat": repeat, "seed": seed,
         "settings": run_settings, "classes": [c.name for c in bundle.classes],
         "curve": _curve(_read_log(run_dir / "log.jsonl"), class_names, k),
-        "final_dice": {name: summary[task_of_class(name)]["mean_dice"][name] for name in class_names},
+        "final_dice": {name: summary[task_of_class(name)]["mean_dice"][name] for name in class_names
+                       if summary[task_of_class(name)]["mean_dice"].get(name) is not None},
         "median_alien_class_rate": {t: summary[t]["median_alien_class_rate"] for t in e.tasks},
         "alien_class_rate_per_case": {r["case"]: r["alien_class_rate"] for r in evaluation["cases"]},
         "operating_points": evaluation["operating_points"],
