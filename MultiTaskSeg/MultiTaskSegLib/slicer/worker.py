@@ -7,18 +7,25 @@ thread holds the GIL while Qt waits, so a Python thread computes only when the m
 Python; and a CUDA fault, GPU memory, glibc heap tuning and torch's thread count stay here instead
 of in the user's Slicer session. Cancel kills the process; nothing it leaves behind is read.
 
+When the logic is gone (stdin closed, or its process died: ``--parent-pid``, checked every second)
+the worker removes its folder (``--folder``) and ends with its whole process group: anything it
+forked goes too (OpenVINO's telemetry did, on ``import openvino``; it is off in the worker).
+
 Only the standard library is imported at module level: the path to the package is set up first.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import queue
+import shutil
+import signal
 import sys
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 Send = Callable[[Dict[str, Any]], None]
 
@@ -160,13 +167,83 @@ class Worker:
         return {"written": [str(job.output) for job in jobs]}
 
 
-def _read_requests(requests: "queue.Queue[str]") -> None:
+def _read_requests(requests: "queue.Queue[str]", end: Callable[[], None]) -> None:
     """Stdin to the queue. End of stdin means the logic is gone or cancelled: stop at once, even
     mid-run (this also ends a worker whose Slicer crashed, and one behind a launcher that a kill
-    did not reach)."""
-    for line in sys.stdin:
-        requests.put(line)
-    os._exit(0)
+    did not reach). A stdin that cannot be read is a logic lost too: never serve on, deaf."""
+    try:
+        for line in sys.stdin:
+            requests.put(line)
+    except BaseException:
+        traceback.print_exc()
+    end()
+
+
+def _ender(folder: Optional[str], own_group: bool) -> Callable[[], None]:
+    """How the worker ends when its logic is gone: nobody else is left to remove ``folder`` (its
+    inputs and outputs), and ``os._exit`` alone would leave running what the worker forked (a
+    fork keeps the command line: it looks like a worker). ``own_group``: the client started us
+    in a session of our own (or our launcher's), so the group holds nothing else."""
+    def end() -> None:
+        if folder:
+            try:
+                os.chdir(os.path.dirname(folder))  # Windows cannot remove a process's current folder
+            except OSError:
+                pass
+            shutil.rmtree(folder, ignore_errors=True)
+        if own_group:
+            os.killpg(os.getpgrp(), signal.SIGKILL)  # this process included
+        os._exit(0)
+    return end
+
+
+def _parent_alive_check(parent_pid: Optional[int]) -> Optional[Callable[[], bool]]:
+    """A test of whether the logic's process still runs; None where none can be made.
+
+    Stdin's end of file misses two cases: a process forked by the logic still holds the pipe's
+    write end, or a launcher between us (Slicer's ``PythonSlicer``) keeps a stdin of its own open.
+    POSIX: reparenting (``getppid()`` changes) means our parent died; ``parent_pid`` (the logic,
+    perhaps behind a launcher) is probed with signal 0 (a reused pid would read as alive: stdin's
+    end of file still applies). Windows never reparents and ``os.kill(pid, 0)`` there would
+    terminate the process: a handle to the logic opened now is waited on instead."""
+    if os.name != "nt":
+        started_under = os.getppid()
+
+        def alive() -> bool:
+            if os.getppid() != started_under:
+                return False
+            if parent_pid is None or parent_pid == started_under:
+                return True
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                return False
+            except OSError:  # PermissionError: it exists
+                pass
+            return True
+        return alive
+    try:
+        import ctypes
+        from ctypes import wintypes
+
+        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+        kernel32.OpenProcess.restype = wintypes.HANDLE
+        kernel32.OpenProcess.argtypes = [wintypes.DWORD, wintypes.BOOL, wintypes.DWORD]
+        kernel32.WaitForSingleObject.restype = wintypes.DWORD
+        kernel32.WaitForSingleObject.argtypes = [wintypes.HANDLE, wintypes.DWORD]
+        synchronize, wait_object_0, error_invalid_parameter = 0x00100000, 0, 87
+        handle = kernel32.OpenProcess(synchronize, False, parent_pid or os.getppid())
+        if not handle:  # no such process: it is gone already; otherwise we may not watch it
+            return (lambda: False) if ctypes.get_last_error() == error_invalid_parameter else None
+        return lambda: kernel32.WaitForSingleObject(handle, 0) != wait_object_0
+    except (OSError, AttributeError, ValueError):
+        return None  # stdin's end of file is the only signal left
+
+
+def _watch_parent(alive: Callable[[], bool], end: Callable[[], None], interval: float = 1.0) -> None:
+    while alive():
+        time.sleep(interval)
+    end()
 
 
 def _check_torch(send: Send, minimum: str) -> bool:
@@ -188,9 +265,21 @@ def _check_torch(send: Send, minimum: str) -> bool:
     return True
 
 
-def main() -> int:
+def _arguments(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="MultiTaskSeg's worker process (started by the Slicer logic).")
+    parser.add_argument("--parent-pid", type=int, help="the logic's process: the worker ends when it does")
+    parser.add_argument("--folder", help="the worker's temporary folder, removed when the logic is gone")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
     entered = time.time()
+    arguments = _arguments(argv)
     _put_package_on_path()
+    # `import openvino` (the CPU backend) sends telemetry from a forked child of the worker that,
+    # offline (hospital networks), never ends by itself: such children outlived their workers.
+    # OpenVINO falls back to its own no-op stub when the package does not import.
+    sys.modules.setdefault("openvino_telemetry", None)
     # Events go to the real stdout; everything else printed (Python, torch, C libraries) to stderr.
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     os.dup2(2, 1)
@@ -206,7 +295,16 @@ def main() -> int:
             protocol.flush()
 
     requests: "queue.Queue[str]" = queue.Queue()
-    threading.Thread(target=_read_requests, args=(requests,), name="requests", daemon=True).start()
+    # The client (--parent-pid) starts us, or our launcher, leading a new session: our group is ours.
+    own_group = False
+    if arguments.parent_pid is not None and os.name != "nt":
+        session = os.getsid(0)
+        own_group = os.getpgrp() == session and session in (os.getpid(), os.getppid())
+    end = _ender(arguments.folder, own_group)
+    threading.Thread(target=_read_requests, args=(requests, end), name="requests", daemon=True).start()
+    alive = _parent_alive_check(arguments.parent_pid) if arguments.parent_pid is not None else None
+    if alive is not None:
+        threading.Thread(target=_watch_parent, args=(alive, end), name="parent", daemon=True).start()
     if not _check_torch(send, TORCH_MINIMUM_VERSION):
         return 1
     imported_torch = time.time()

@@ -82,8 +82,11 @@ def describe_exit(returncode: Optional[int]) -> str:
 def _kill_process_tree(process: subprocess.Popen) -> None:
     """Kill the worker and whatever it started. Inside Slicer ``PythonSlicer`` is a launcher that
     runs the real Python as its child, so killing the launcher alone would leave the network
-    running: on POSIX the worker leads its own process group; on Windows taskkill /T walks the tree."""
-    if process.poll() is not None:
+    running: on POSIX the worker leads its own process group; on Windows taskkill /T walks the tree.
+    On POSIX the group is killed even when the worker has just ended (closing its stdin ends it
+    at once): what it forked (OpenVINO's telemetry does) may still be in the group. Not once it
+    was reaped: its pid may belong to another process by then."""
+    if process.returncode is not None or (os.name == "nt" and process.poll() is not None):
         return
     try:
         if os.name == "nt":
@@ -240,7 +243,10 @@ class WorkerProcess:
                                         | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0))
         else:
             options["start_new_session"] = True  # its own process group: one kill reaches the launcher's child
-        command = [self.python or worker_python(), "-u", WORKER_SCRIPT]
+        # Our pid and the folder: a worker whose logic died (even with its stdin held open
+        # elsewhere) removes the folder and ends (worker.py).
+        command = [self.python or worker_python(), "-u", WORKER_SCRIPT, "--parent-pid", str(os.getpid()),
+                   "--folder", self.folder]
         self.started_at = self.last_activity = time.time()
         try:
             self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=stdout, stderr=stderr,
