@@ -352,3 +352,20 @@ def test_the_backend_policy():
     if not openvino_available():
         with pytest.raises(InputError, match="pip install openvino"):
             choose_backend("openvino", cpu, "bf16")
+
+
+def test_the_openvino_backend_sends_no_telemetry():
+    """Importing openvino would load its usage telemetry (on by default); a tool for clinical images
+    must not phone home, and offline its sending child outlived the process. Checked in a fresh
+    interpreter, since this one may have imported openvino before."""
+    pytest.importorskip("openvino")
+    code = ("import sys\n"
+            "from MultiTaskSegLib.engine.openvino_backend import openvino_available\n"
+            "assert openvino_available()\n"
+            "import openvino, openvino.opset15\n"
+            "from openvino.preprocess import PrePostProcessor\n"
+            "loaded = [m for m in sys.modules if m.startswith('openvino_telemetry') and sys.modules[m] is not None]\n"
+            "print(loaded)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -19,6 +19,7 @@ width and batch, compiled once (measured as fast per call as shapes compiled one
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Optional
 
 import numpy as np
@@ -28,6 +29,12 @@ from torch import nn
 from .errors import InputError
 from .network import TriplanarCNN
 from .prepared_model import FullPrecisionInput, inference_model
+
+
+# ``import openvino`` loads its usage telemetry (on by default, no consent asked), which sends from
+# a forked child that, offline (hospital networks), outlives the process. Clinical images are
+# processed here: nothing phones home. OpenVINO falls back to its no-op stub when this is None.
+sys.modules.setdefault("openvino_telemetry", None)
 
 
 @functools.lru_cache(maxsize=1)
