@@ -4,8 +4,8 @@ folded into the network's final layer.
 Training balances the classes (paper 3.2: every task, and within a task every class, weighs the
 same), so the softmax carries that balanced prior: a pectoral-muscle probability of 0.5 means "as
 likely as background if both were equally common", and the precision-recall optimal threshold of a
-rare class sits near 1 (0.973 and 0.996 on the first shipped model), leaving the slider one or two
-useful steps. Calibration maps logits z to z / T + d and minimises the negative log-likelihood of the
+rare class sits near 1 (0.973 and 0.996 on the shipped model before it was calibrated), leaving the
+slider one or two useful steps. Calibration maps logits z to z / T + d and minimises the negative log-likelihood of the
 held-out sample voxels (intensity > 0) in their natural class frequencies, every task weighing the
 same. Methods:
 
