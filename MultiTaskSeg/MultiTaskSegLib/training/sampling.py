@@ -9,8 +9,9 @@ paper gets from sampling: every task weighs the same, and within a task every cl
 
 Augmentation helps generalise from few images and to users' scans: every block goes through a
 random pose, shape and resolution (spatial_randomization: rotations up to 30 degrees, scaling
-0.8-1.2, shear, elastic deformation, thick slices along any axis), for every task, so that no
-task's classes are tied to one orientation, resolution or field of view; then intensity scale
+0.8-1.2, shear, elastic deformation, thicker slices along any axis, within each task's range of
+acquisitions), for every task, so that no task's classes are tied to one orientation, resolution
+or field of view; then intensity scale
 and gamma, Gaussian noise, a smooth multiplicative bias field (MR), and left-right flips where
 anatomy allows. Cases with generation labels are not sampled directly: each block comes from the
 case's current synthetic volume (synthetic_cases.SyntheticPool), remade every few dozen blocks.
@@ -27,7 +28,8 @@ from scipy import ndimage
 
 from ..engine.crops import crop_with_zeros
 from .cases import PreparedCase
-from .spatial_randomization import BlockTransform, SpatialSettings, degrade_resolution, random_acquisition
+from .spatial_randomization import (BlockTransform, SpatialSettings, degrade_resolution, random_acquisition,
+                                    settings_for_task)
 from .synthetic_cases import SyntheticPool
 
 # Left-right mirrored anatomy is still plausible anatomy for these tasks, not for the coronary tree.
@@ -141,22 +143,25 @@ def cut_field_of_view(crop: np.ndarray, mask: np.ndarray, halo: int, rng: np.ran
 def sample_batch(cases_by_task: Mapping[str, Sequence[PreparedCase]], task_classes: Mapping[str, Sequence[int]],
                  modalities: Mapping[str, str], blocks_per_task: int, block: int, halo: int,
                  rng: np.random.Generator, augmentation: bool = True, pool: Optional[SyntheticPool] = None,
-                 spatial: SpatialSettings = SpatialSettings()) -> Batch:
+                 spatial: Optional[SpatialSettings] = None) -> Batch:
     """``blocks_per_task`` blocks of ``block``^3 voxels for every task, with their context.
 
     With ``augmentation``, cases with generation labels give blocks of their synthetic volumes from
     ``pool`` (a fresh pool, hence a fresh volume per block, when none is given); without, every
-    case is sampled as it is (``--no-augmentation`` trains on the images as they are)."""
+    case is sampled as it is (``--no-augmentation`` trains on the images as they are). ``spatial``:
+    the pose and acquisition ranges of every task; None: each task's own
+    (``spatial_randomization.TASK_SETTINGS``)."""
     pool = pool if pool is not None else SyntheticPool()
     crops, labels, masks, tasks = [], [], [], []
     for task, cases in cases_by_task.items():
         classes = [0] + list(task_classes[task])
+        settings = spatial or settings_for_task(task)
         for _ in range(blocks_per_task):
             source = cases[rng.integers(len(cases))]
             case = pool.volume(source, rng) if augmentation else source
             centre = _draw_centre(case, classes, rng) + rng.integers(-(block // 4), block // 4 + 1, size=3)
             if augmentation and rng.random() < POSE_SHARE:
-                crop, label, mask = _posed_block(case, centre, block, halo, rng, spatial)
+                crop, label, mask = _posed_block(case, centre, block, halo, rng, settings)
             else:
                 start = centre - block // 2
                 crop = crop_with_zeros(case.image, start - halo, (block + 2 * halo,) * 3)
@@ -166,8 +171,8 @@ def sample_batch(cases_by_task: Mapping[str, Sequence[PreparedCase]], task_class
                 if source.synthesis is None and rng.random() < FOV_SHARE:
                     crop, mask = np.array(crop), np.array(mask)
                     cut_field_of_view(crop, mask, halo, rng)
-                if rng.random() < spatial.acquisition_share:
-                    crop = degrade_resolution(crop, random_acquisition(rng, spatial), case.spacing, rng)
+                if rng.random() < settings.acquisition_share:
+                    crop = degrade_resolution(crop, random_acquisition(rng, settings), case.spacing, rng)
                 crop = augment(crop, modalities[task], rng)
                 if task in FLIP_TASKS and rng.random() < 0.5:
                     crop, label, mask = crop[..., ::-1], label[..., ::-1], mask[..., ::-1]
