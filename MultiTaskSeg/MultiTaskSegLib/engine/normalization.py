@@ -21,7 +21,7 @@ raw intensities, before normalisation (segmenter.py):
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
@@ -157,24 +157,59 @@ def mr_scale(array: np.ndarray, rule: Mapping) -> float:
     return scale
 
 
-def normalize(array: np.ndarray, modality: str, settings: Mapping[str, Mapping] = DEFAULT_NORMALIZATION) -> np.ndarray:
-    """The network input for ``array`` (float32, same shape) under the bundle's rule for ``modality``."""
+def voxel_map(array: np.ndarray, modality: str,
+              settings: Mapping[str, Mapping] = DEFAULT_NORMALIZATION) -> Callable[[np.ndarray], np.ndarray]:
+    """The per-voxel function of ``normalize`` for ``array`` (an MR rule's scale is measured on
+    ``array`` now): applied to any part of ``array`` it gives that part of ``normalize(array)``,
+    bit for bit (a new float32 array)."""
     if modality not in settings:
         raise InputError(f"The model has no intensity normalisation for modality {modality!r}; "
                          f"it knows {', '.join(settings)}. Pick one of those with --modality.")
     rule = settings[modality]
     if rule["method"] == "window":
-        # one float32 copy, then in place: a CTA-sized volume is 315 MB per temporary
-        data = np.array(array, dtype=np.float32)
         low, high, scale = float(rule["low"]), float(rule["high"]), float(rule["scale"])
+    elif rule["method"] in ("tissue-mode", "percentile"):
+        low, high, scale = 0.0, None, mr_scale(array, rule)
+    else:
+        raise InputError(f"Unknown normalisation method {rule['method']!r} in the model bundle.")
+
+    def apply(values: np.ndarray) -> np.ndarray:
+        # one float32 copy, then in place: a CTA-sized volume is 315 MB per temporary
+        data = np.array(values, dtype=np.float32)
         np.clip(data, low, high, out=data)
-        data -= np.float32(low)
+        if rule["method"] == "window":
+            data -= np.float32(low)
         data /= np.float32(scale)
         return data
-    if rule["method"] in ("tissue-mode", "percentile"):
-        scale = mr_scale(array, rule)
-        data = np.array(array, dtype=np.float32)
-        np.clip(data, 0.0, None, out=data)
-        data /= np.float32(scale)
-        return data
-    raise InputError(f"Unknown normalisation method {rule['method']!r} in the model bundle.")
+
+    return apply
+
+
+def normalize(array: np.ndarray, modality: str, settings: Mapping[str, Mapping] = DEFAULT_NORMALIZATION) -> np.ndarray:
+    """The network input for ``array`` (float32, same shape) under the bundle's rule for ``modality``."""
+    return voxel_map(array, modality, settings)(array)
+
+
+class NormalizedVolume:
+    """``normalize(array, modality, settings)`` read window by window: ``volume[index]`` is
+    ``normalize(...)[index]``, computed from ``array[index]`` when asked.
+
+    The dense pass reads its input one slab's crop at a time, so the whole float32 copy (315 MB
+    for a 512^2 x 300 CT, twice its int16 voxels) never needs to exist. The voxels are normalised
+    again where slabs' contexts overlap: a few percent more elementwise work.
+    """
+
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, array: np.ndarray, modality: str, settings: Mapping[str, Mapping] = DEFAULT_NORMALIZATION):
+        self.array = array
+        self.shape = tuple(array.shape)
+        self.ndim = array.ndim
+        self._map = voxel_map(array, modality, settings)
+
+    def __getitem__(self, index) -> np.ndarray:
+        return self._map(self.array[index])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self._map(self.array)
+        return whole if dtype is None else whole.astype(dtype, copy=False)

@@ -18,7 +18,7 @@ On an interpolated grid (``CanonicalGrid.is_exact`` false) two refinements:
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Tuple, Union
 
 import numpy as np
 import torch
@@ -63,3 +63,43 @@ def sample_voxels(canonical: Array, interpolated: bool) -> Array:
     ``zero_interpolation_noise``)."""
     mask = canonical > 0
     return dilated_by_one_voxel(mask) if interpolated else mask
+
+
+class SampleMask:
+    """``sample_voxels(canonical, interpolated)`` of a host array, computed plane range by plane
+    range when read: ``mask[z0:z1, ...]`` is ``sample_voxels(canonical, interpolated)[z0:z1, ...]``.
+
+    The dense pass reads one slab's planes at a time, so the whole mask (a byte a voxel: 79 MB for a
+    512^2 x 300 CT) need not exist. The one-voxel growth reads one plane beyond each end of the range.
+    """
+
+    dtype = np.dtype(bool)
+    ndim = 3
+
+    def __init__(self, canonical: np.ndarray, interpolated: bool):
+        self.canonical = canonical
+        self.interpolated = interpolated
+        self.shape: Tuple[int, int, int] = tuple(canonical.shape)
+
+    def planes(self, z0: int, z1: int) -> np.ndarray:
+        """The mask of planes z0:z1 (a new bool array)."""
+        if not self.interpolated:
+            return self.canonical[z0:z1] > 0
+        low, high = max(0, z0 - 1), min(self.shape[0], z1 + 1)
+        grown = dilated_by_one_voxel(self.canonical[low:high] > 0)
+        return grown[z0 - low:z0 - low + max(0, z1 - z0)]
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = index if isinstance(index, tuple) else (index,)
+        first = index[0] if index else slice(None)
+        if isinstance(first, (int, np.integer)):
+            z = int(first) + self.shape[0] if first < 0 else int(first)
+            return self.planes(z, z + 1)[(0,) + index[1:]]
+        if not isinstance(first, slice) or first.step not in (None, 1):
+            raise TypeError("a SampleMask is read by plane ranges z0:z1 along its first axis")
+        z0, z1, _ = first.indices(self.shape[0])
+        return self.planes(z0, max(z0, z1))[(slice(None),) + index[1:]]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self.planes(0, self.shape[0])
+        return whole if dtype is None else whole.astype(dtype, copy=False)

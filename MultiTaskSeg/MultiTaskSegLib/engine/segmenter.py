@@ -22,13 +22,17 @@ from .device_segmentation import predict_on_device
 from .devices import available_devices, configure_device, default_precision, resolve_device
 from .geometry import Volume, from_canonical, to_canonical, validate_volume
 from .labelmap_rule import ProbabilityMaps, background_outside
-from .normalization import normalize, resolve_modality
+from .normalization import NormalizedVolume, resolve_modality
 from .openvino_backend import choose_backend, with_openvino_conv_stack
 from .prepared_model import inference_model
 from .progress import CancelCheck, ProgressCallback, check_cancel, report, sub_progress
 from .samples import dilated_by_one_voxel  # noqa: F401  (importable from here, as before)
 from .slab_loop import dense_probabilities, is_out_of_memory
 from .slab_sizing import DenseOptions
+
+
+# Voxels per plane range when forcing background outside the samples on the input grid.
+BACKGROUND_CHUNK_VOXELS = 1 << 20
 
 
 class Segmenter:
@@ -94,9 +98,11 @@ class Segmenter:
         check_cancel(cancel)
         if not grid.is_exact:
             samples.zero_interpolation_noise(canonical.array)
-        sample_voxels = samples.sample_voxels(canonical.array, interpolated=not grid.is_exact)
-        network_input = normalize(canonical.array, modality, self.bundle.normalization)
-        del canonical  # large volumes: keep at most the input, one float copy and the mask alive
+        # the paper's samples, computed slab by slab as the dense pass reads them (no whole-volume mask)
+        sample_voxels = samples.SampleMask(canonical.array, interpolated=not grid.is_exact)
+        # normalised crop by crop as the dense pass reads them: no float32 copy of the whole volume
+        network_input = NormalizedVolume(canonical.array, modality, self.bundle.normalization)
+        del canonical  # large volumes: keep at most the input, its canonical copy and the mask alive
         probabilities = dense_probabilities(self.inference_model, network_input, sample_voxels, self.device,
                                             self.options, sub_progress(progress, 0.05, 0.9), cancel)
         del network_input, sample_voxels
@@ -104,6 +110,10 @@ class Segmenter:
         report(progress, 0.9, "Resampling to the input grid")
         on_input = from_canonical(probabilities, grid, interpolation="linear")
         del probabilities
-        background_outside(on_input, np.asarray(volume.array) > 0)
+        # plane range by plane range: a whole-volume mask and its negation were 2 bytes a voxel more
+        image = np.asarray(volume.array)
+        step = max(1, BACKGROUND_CHUNK_VOXELS // max(1, image[0].size))
+        for start in range(0, image.shape[0], step):
+            background_outside(on_input[:, start:start + step], image[start:start + step] > 0)
         report(progress, 1.0, "Done")
         return ProbabilityMaps(on_input, self.bundle.classes, selected, self.bundle.default_thresholds)

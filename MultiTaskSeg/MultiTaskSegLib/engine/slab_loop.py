@@ -9,7 +9,7 @@ For a block of target voxels z0:z1, y0:y1, x0:x1 it runs
 puts the three feature maps into the same (z, y, x) order and applies the head as three matrix
 products on (voxels x 96) features. Within a slab the conv stack runs only over the foreground's
 bounding boxes and the head only on the samples (everything else is background by the paper's
-sample rule, intensity > 0). Outside the volume counts as intensity 0, as in the patch formulation.
+sample rule, intensity > 0); on the host only the samples' features are kept (``slab_features``). Outside the volume counts as intensity 0, as in the patch formulation.
 
 The loop takes the model it is given: one prepared by ``prepared_model.inference_model`` runs the
 fast path; the network as trained runs the reference path (``network.crops_logits`` under autocast),
@@ -34,6 +34,7 @@ from .labelmap_rule import background_outside
 from .network import TriplanarCNN, crops_logits
 from .prepared_model import inference_model, is_prepared
 from .progress import CancelCheck, ProgressCallback, check_cancel, report
+from .slab_features import ORDERS, PlaneGroup, SlabFeatures, Store
 from .slab_sizing import HEAD_CHUNK_VOXELS, DenseOptions, foreground_box, planes_per_batch_for, slab_thickness
 
 Box = Tuple[int, int, int, int, int, int]  # z0, z1, y0, y1, x0, x1 (half-open), unpadded coordinates
@@ -43,8 +44,9 @@ Volume3D = Union[np.ndarray, torch.Tensor]  # (z, y, x): on the host, or on the 
 def _crop_with_zeros(volume: Volume3D, box: Box, halo: int, device: torch.device) -> torch.Tensor:
     """The box plus ``halo`` on every side, zeros outside the volume, as a float32 tensor on ``device``.
 
-    Replaces a zero-padded copy of the whole volume: only one slab's input exists at a time. A
-    volume that is a tensor already (the device path) is cropped where it lies.
+    Replaces a zero-padded copy of the whole volume: only one slab's input exists at a time (a
+    ``NormalizedVolume`` normalises just the crop). A volume that is a tensor already (the device
+    path) is cropped where it lies.
     """
     z0, z1, y0, y1, x0, x1 = box
     start = (z0 - halo, y0 - halo, x0 - halo)
@@ -60,7 +62,6 @@ def _crop_with_zeros(volume: Volume3D, box: Box, halo: int, device: torch.device
     return torch.from_numpy(window.astype(np.float32, copy=False)).to(device)
 
 
-PlaneGroup = Tuple[int, int, int, int, int, int]  # planes p0:p1, rows r0:r1, cols c0:c1 (target voxels)
 
 
 def _plane_groups(mask: Optional[np.ndarray], shape: Tuple[int, int, int], group: int) -> List[PlaneGroup]:
@@ -80,18 +81,19 @@ def _plane_groups(mask: Optional[np.ndarray], shape: Tuple[int, int, int], group
     return groups
 
 
-def _features_into(model: TriplanarCNN, crop: torch.Tensor, target: torch.Tensor, mask: Optional[np.ndarray],
-                   batch: int, channels_last: bool, after_group: Callable[[], None] = lambda: None) -> None:
-    """Conv-stack features of one orientation's planes, written into ``target`` (P, R, C, F), a view.
+def _features_into(model: TriplanarCNN, crop: torch.Tensor, shape: Tuple[int, int, int], store: Store,
+                   mask: Optional[Volume3D], batch: int, channels_last: bool,
+                   after_group: Callable[[], None] = lambda: None) -> None:
+    """Conv-stack features of one orientation's (P, R, C) planes, handed to ``store`` group by group.
 
     ``crop`` (P, R + 2h, C + 2h) holds the planes with their context; only each plane group's
     foreground box is computed, which always holds the group's ``mask`` voxels.
     """
     h = model.arch.halo
-    for p0, p1, r0, r1, c0, c1 in _plane_groups(mask, tuple(target.shape[:3]), batch):
+    for p0, p1, r0, r1, c0, c1 in _plane_groups(mask, shape, batch):
         planes = crop[p0:p1, r0:r1 + 2 * h, c0:c1 + 2 * h, None].permute(0, 3, 1, 2)
         planes = planes.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-        target[p0:p1, r0:r1, c0:c1] = model.features(planes).permute(0, 2, 3, 1)
+        store((p0, p1, r0, r1, c0, c1), model.features(planes).permute(0, 2, 3, 1))
         after_group()
 
 
@@ -148,35 +150,26 @@ def slab_probabilities(model: TriplanarCNN, volume: Volume3D, box: Box, options:
     groups_mask = sample if device.type != "cuda" and not on_device else None
     dz, dy, dx = z1 - z0, y1 - y0, x1 - x0
     crop = _crop_with_zeros(volume, (z0, z1, y0, y1, x0, x1), h, device)
-    features = torch.zeros((dz, dy, dx, 3 * f), dtype=dtype, device=device)
-    itemsize = features.element_size()
+    itemsize = torch.finfo(dtype).bits // 8
     cl = options.channels_last
-    # axial planes (z, y, x); coronal (y, z, x); sagittal (x, z, y): each written into (z, y, x, F)
-    with heap_reused_by_conv_layers(device) as after_group:
-        _features_into(model, crop[h:h + dz], features[..., :f], groups_mask,
-                       planes_per_batch_for(options, model.arch, dy + 2 * h, dx + 2 * h, itemsize, device), cl, after_group)
-        _features_into(model, crop[:, h:h + dy].permute(1, 0, 2), features[..., f:2 * f].permute(1, 0, 2, 3),
-                       None if groups_mask is None else groups_mask.transpose(1, 0, 2),
-                       planes_per_batch_for(options, model.arch, dz + 2 * h, dx + 2 * h, itemsize, device), cl, after_group)
-        _features_into(model, crop[:, :, h:h + dx].permute(2, 0, 1), features[..., 2 * f:].permute(2, 0, 1, 3),
-                       None if groups_mask is None else groups_mask.transpose(2, 0, 1),
-                       planes_per_batch_for(options, model.arch, dz + 2 * h, dy + 2 * h, itemsize, device), cl, after_group)
-    del crop
-    flat = features.reshape(-1, 3 * f)
     out_device = device if on_device else torch.device("cpu")
+    features = SlabFeatures(sample, (dz, dy, dx), f, dtype, device, out_device)
+    crops = (crop[h:h + dz], crop[:, h:h + dy].permute(1, 0, 2), crop[:, :, h:h + dx].permute(2, 0, 1))
+    with heap_reused_by_conv_layers(device) as after_group:
+        for planes, order, store in zip(crops, ORDERS, features.stores):
+            shape = tuple((dz, dy, dx)[a] for a in order)
+            group_mask = None if groups_mask is None else groups_mask.transpose(order)
+            batch = planes_per_batch_for(options, model.arch, shape[1] + 2 * h, shape[2] + 2 * h, itemsize, device)
+            _features_into(model, planes, shape, store, group_mask, batch, cl, after_group)
+    del crop, crops, planes, store
+    features.stored()  # the sample masks and row numbers go: the head needs neither
     out = torch.zeros((dz * dy * dx, model.arch.num_classes), dtype=torch.uint8, device=out_device)
     out[:, 0] = 255
     # Equal-sized chunks of the samples: every distinct row count would build (and cache) new oneDNN
     # matmul kernels, which grew the heap by ~1.4 MB per chunk when chunks followed the mask.
-    if sample is None:
-        samples = torch.arange(flat.shape[0], device=out_device)
-    elif on_device:
-        samples = torch.nonzero(sample.reshape(-1)).flatten()
-    else:
-        samples = torch.from_numpy(np.flatnonzero(sample).astype(np.int32))
-    for start in range(0, samples.shape[0], HEAD_CHUNK_VOXELS):
-        rows = samples[start:start + HEAD_CHUNK_VOXELS]
-        out[rows] = _head_probabilities(model, flat[rows.to(device)]).to(out_device)
+    for start in range(0, len(features), HEAD_CHUNK_VOXELS):
+        stop = start + HEAD_CHUNK_VOXELS
+        out[features.samples[start:stop]] = _head_probabilities(model, features.rows(start, stop)).to(out_device)
     return out.reshape(dz, dy, dx, -1)
 
 
@@ -212,6 +205,18 @@ def _slab_with_retries(compute: Callable[[SlabBox], torch.Tensor], box: SlabBox,
     return torch.cat([_slab_with_retries(compute, first, device), _slab_with_retries(compute, second, device)], dim=0)
 
 
+def _whole_foreground_box(mask) -> Optional[Tuple[int, int, int, int]]:
+    """``foreground_box`` of the whole mask, read in plane ranges when it is computed on reading
+    (``samples.SampleMask``)."""
+    if isinstance(mask, np.ndarray):
+        return foreground_box(mask)
+    step = max(1, (1 << 24) // max(1, int(np.prod(mask.shape[1:]))))
+    boxes = [b for b in (foreground_box(mask[z:z + step]) for z in range(0, mask.shape[0], step)) if b is not None]
+    if not boxes:
+        return None
+    return min(b[0] for b in boxes), max(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes)
+
+
 def iter_dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Optional[np.ndarray] = None,
                              device: torch.device | str = "cpu", options: DenseOptions = DenseOptions(),
                              progress: Optional[ProgressCallback] = None, cancel: Optional[CancelCheck] = None,
@@ -220,15 +225,17 @@ def iter_dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Opti
 
     ``model`` is prepared by ``inference_model`` for ``device`` (the fast path) or is the network as
     trained (the reference path, autocast to ``options.precision``).
-    ``volume`` is the normalised (Z, Y, X) float image on the canonical grid; ``mask`` marks the
-    voxels to classify (default: volume > 0). They get the network's softmax; every other voxel gets
+    ``volume`` is the normalised (Z, Y, X) float image on the canonical grid, or a
+    ``normalization.NormalizedVolume`` that normalises each slab's crop as it reads it; ``mask`` marks the
+    voxels to classify (default: volume > 0), a bool array or a ``samples.SampleMask`` read slab by
+    slab. They get the network's softmax; every other voxel gets
     background (class 0) with probability 1, as the paper classifies only its samples.
     Probabilities leave the device as uint8, so transfers and host memory stay small. A slab that
     runs out of device memory is split and retried.
     """
     device = torch.device(device)
     if mask is None:
-        mask = volume > 0
+        mask = np.asarray(volume) > 0
     prepared = is_prepared(model)
     if prepared:  # its weights' dtype is the compute precision
         options = replace(options, precision=model.inference_precision)
@@ -238,7 +245,7 @@ def iter_dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Opti
         compute_box = _reference_slab_probabilities
     num_classes = model.arch.num_classes
     z_total, y_total, x_total = volume.shape
-    whole_box = foreground_box(mask)
+    whole_box = _whole_foreground_box(mask)
     box_shape = (whole_box[1] - whole_box[0], whole_box[3] - whole_box[2]) if whole_box else (1, 1)
     thickness = slab_thickness(volume.shape, num_classes, options, model.arch.n_filters, box_shape, device, prepared)
     return_freed_memory_to_the_system()
@@ -246,17 +253,24 @@ def iter_dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Opti
         for z0 in range(0, z_total, thickness):
             check_cancel(cancel)
             z1 = min(z_total, z0 + thickness)
-            slab = np.zeros((num_classes, z1 - z0, y_total, x_total), dtype=np.uint8)
-            slab[0] = 255
-            box = foreground_box(mask[z0:z1])
+            planes = np.asarray(mask[z0:z1])
+            box = foreground_box(planes)
+            probs = None
             if box is not None:
                 y0, y1, x0, x1 = box
-                slab_box = SlabBox(z0, z1, y0, y1, x0, x1, mask[z0:z1, y0:y1, x0:x1])
+                slab_box = SlabBox(z0, z1, y0, y1, x0, x1, planes[:, y0:y1, x0:x1])
                 probs = _slab_with_retries(lambda b: compute_box(model, volume, b, options, device), slab_box, device)
+                del slab_box
+            del planes
+            # allocated once the network's tensors of the slab are gone, so they never coexist
+            slab = np.zeros((num_classes, z1 - z0, y_total, x_total), dtype=np.uint8)
+            slab[0] = 255
+            if probs is not None:
                 slab[:, :, y0:y1, x0:x1] = probs.permute(3, 0, 1, 2).numpy()
                 del probs
                 return_freed_memory_to_the_system()
             yield z0, z1, slab
+            del slab  # the caller has its copy: held here, it would live on through the next slab's pass
             report(progress, z1 / z_total, "Running the network")
 
 
@@ -274,6 +288,7 @@ def dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Optional[
     try:
         for z0, z1, slab in iter_dense_probabilities(model, volume, mask, device, options, progress, cancel):
             out[:, z0:z1] = slab
+            del slab  # or it would live on through the next slab's pass
             done = z1
     except (torch.OutOfMemoryError, RuntimeError) as error:
         if device.type != "cuda" or not is_out_of_memory(error):
@@ -287,6 +302,7 @@ def dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Optional[
         cpu_options = replace(options, memory_budget_bytes=0, channels_last=True)
         for z0, z1, slab in iter_dense_probabilities(cpu_model, volume, mask, "cpu", cpu_options, progress, cancel):
             out[:, z0:z1] = slab
+            del slab
     return out
 
 
