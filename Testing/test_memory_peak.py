@@ -147,6 +147,30 @@ def test_probabilities_go_back_to_the_input_grid_without_whole_channel_float_cop
     assert peak <= on_input.nbytes + probabilities[0].nbytes + volume.array.size
 
 
+@pytest.mark.parametrize("exact", [False, True])
+def test_channels_go_back_one_by_one_and_are_let_go(monkeypatch, exact):
+    """``channels_from_canonical`` gives ``from_canonical``'s result and drops each canonical channel
+    once resampled: numpy then never holds both stacks whole (the result, one canonical channel and
+    the rounding's plane ranges at most, besides the channels not yet done)."""
+    monkeypatch.setattr(geometry, "_ROUNDING_CHUNK_VOXELS", 1 << 14)
+    direction = np.eye(3)[:, [1, 0, 2]] * [1, -1, 1] if exact else rotation(2, 25)
+    volume = Volume(np.ones((40, 64, 60), np.float32), (1.0, 1.0, 1.0) if exact else (0.9, 0.8, 1.3), (0, 0, 0),
+                    direction)
+    _, grid = to_canonical(volume, 1.0)
+    assert grid.is_exact == exact
+    rng = np.random.default_rng(3)
+    stack = rng.integers(0, 256, (4,) + grid.canonical_shape, dtype=np.uint8)
+    expected = from_canonical(stack, grid)
+    channels = [channel.copy() for channel in stack]
+    del stack
+    channel_bytes = channels[0].nbytes
+    on_input, peak = _numpy_peak(lambda: geometry.channels_from_canonical(channels, grid))
+    assert np.array_equal(on_input, expected)
+    assert channels == [None] * 4
+    # tracemalloc counts only what is allocated while it runs: the canonical channels came before
+    assert peak <= on_input.nbytes + channel_bytes + volume.array.size
+
+
 @pytest.mark.parametrize("modality, rules", [("CT", None), ("MR", None), ("MR", {"MR": PERCENTILE_RULE})])
 def test_a_normalized_volume_reads_as_the_normalised_array(modality, rules):
     rng = np.random.default_rng(1)

@@ -415,11 +415,15 @@ def test_segmenter_round_trip_over_random_geometries(spacing, origin, direction,
     outside = np.ones(shape, bool)
     outside[tuple(slice(max(0, s.start - 2), s.stop + 2) for s in block)] = False
 
-    def bright_is_class_1(model, network_input, mask, device, options, progress=None, cancel=None):
+    def bright_is_class_1(model, network_input, mask, device, options, progress=None, cancel=None, out=None):
         level = (network_input[mask].min() + network_input[mask].max()) / 2
         probabilities = np.zeros((model.arch.num_classes,) + network_input.shape, np.uint8)
         probabilities[1] = np.where(network_input > level, 255, 0)
         probabilities[0] = 255 - probabilities[1]
+        if out is not None:  # an interpolated grid: Segmenter passes one array per class to fill
+            for channel, values in zip(out, probabilities):
+                channel[...] = values
+            return out
         return probabilities
 
     segmenter = _geometry_segmenter()

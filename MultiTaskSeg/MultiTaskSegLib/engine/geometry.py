@@ -14,7 +14,7 @@ direction column c = LPS unit vector of index axis c; physical = origin + D @ (s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -296,6 +296,31 @@ def from_canonical(array: np.ndarray, grid: CanonicalGrid, interpolation: str = 
     result = np.empty(array.shape[:-3] + tuple(grid.input_shape), dtype=array.dtype)
     for channel in (range(array.shape[0]) if array.ndim == 4 else [Ellipsis]):
         _resample_to_input(array[channel], grid, interpolation, fill, result[channel])
+    return result
+
+
+def channels_from_canonical(channels: List[Optional[np.ndarray]], grid: CanonicalGrid,
+                            interpolation: str = "linear", fill: float = 0.0) -> np.ndarray:
+    """``from_canonical`` of the stack of C canonical (z, y, x) arrays in ``channels``, which it
+    empties as it goes (each entry becomes None once its channel is on the input grid).
+
+    Whoever holds no other reference lets each canonical channel go as its resampled copy arrives,
+    so the two never both exist whole: for a 512^2 x 300 CT in 0.625 mm slices the canonical
+    probabilities take 0.98 GB and the input grid's 0.71 GB.
+    """
+    _check_interpolation(interpolation)
+    canonical_shape = tuple(grid.canonical_shape)
+    if not channels or any(np.shape(c) != canonical_shape for c in channels):
+        raise ValueError(f"expected channels of shape {canonical_shape}, got "
+                         f"{[np.shape(c) for c in channels]}")
+    result = np.empty((len(channels),) + tuple(grid.input_shape), dtype=np.asarray(channels[0]).dtype)
+    for index in range(len(channels)):
+        channel, channels[index] = np.asarray(channels[index]), None
+        if grid.is_exact:
+            result[index] = _permute_to_input(channel, grid)
+        else:
+            _resample_to_input(channel, grid, interpolation, fill, result[index])
+        del channel
     return result
 
 

@@ -20,7 +20,7 @@ from .bundle import ModelBundle
 from .classes import ClassKey, selected_class_indices
 from .device_segmentation import predict_on_device
 from .devices import available_devices, configure_device, default_precision, resolve_device
-from .geometry import Volume, from_canonical, to_canonical, validate_volume
+from .geometry import Volume, channels_from_canonical, from_canonical, to_canonical, validate_volume
 from .labelmap_rule import ProbabilityMaps, background_outside
 from .normalization import NormalizedVolume, resolve_modality
 from .openvino_backend import choose_backend, with_openvino_conv_stack
@@ -103,12 +103,19 @@ class Segmenter:
         # normalised crop by crop as the dense pass reads them: no float32 copy of the whole volume
         network_input = NormalizedVolume(canonical.array, modality, self.bundle.normalization)
         del canonical  # large volumes: keep at most the input, its canonical copy and the mask alive
+        # On an interpolated grid one array per class, each let go once it is back on the input grid
+        # (channels_from_canonical); an exact grid's probabilities come back as a view, no copy.
+        channels = None if grid.is_exact else [np.empty(grid.canonical_shape, np.uint8)
+                                                 for _ in range(self.inference_model.arch.num_classes)]
         probabilities = dense_probabilities(self.inference_model, network_input, sample_voxels, self.device,
-                                            self.options, sub_progress(progress, 0.05, 0.9), cancel)
-        del network_input, sample_voxels
+                                            self.options, sub_progress(progress, 0.05, 0.9), cancel, out=channels)
+        del network_input, sample_voxels, channels
         check_cancel(cancel)
         report(progress, 0.9, "Resampling to the input grid")
-        on_input = from_canonical(probabilities, grid, interpolation="linear")
+        if grid.is_exact:
+            on_input = from_canonical(probabilities, grid, interpolation="linear")
+        else:
+            on_input = channels_from_canonical(probabilities, grid, interpolation="linear")
         del probabilities
         # plane range by plane range: a whole-volume mask and its negation were 2 bytes a voxel more
         image = np.asarray(volume.array)

@@ -9,7 +9,8 @@ For a block of target voxels z0:z1, y0:y1, x0:x1 it runs
 puts the three feature maps into the same (z, y, x) order and applies the head as three matrix
 products on (voxels x 96) features. Within a slab the conv stack runs only over the foreground's
 bounding boxes and the head only on the samples (everything else is background by the paper's
-sample rule, intensity > 0); on the host only the samples' features are kept (``slab_features``). Outside the volume counts as intensity 0, as in the patch formulation.
+sample rule, intensity > 0); on the host only the samples' features are kept (``slab_features``).
+Outside the volume counts as intensity 0, as in the patch formulation.
 
 The loop takes the model it is given: one prepared by ``prepared_model.inference_model`` runs the
 fast path; the network as trained runs the reference path (``network.crops_logits`` under autocast),
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import replace
-from typing import Callable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Callable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -150,7 +151,7 @@ def slab_probabilities(model: TriplanarCNN, volume: Volume3D, box: Box, options:
     groups_mask = sample if device.type != "cuda" and not on_device else None
     dz, dy, dx = z1 - z0, y1 - y0, x1 - x0
     crop = _crop_with_zeros(volume, (z0, z1, y0, y1, x0, x1), h, device)
-    itemsize = torch.finfo(dtype).bits // 8
+    itemsize = torch.finfo(dtype).bits // 8  # of the features, for the plane batches
     cl = options.channels_last
     out_device = device if on_device else torch.device("cpu")
     features = SlabFeatures(sample, (dz, dy, dx), f, dtype, device, out_device)
@@ -226,10 +227,10 @@ def iter_dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Opti
     ``model`` is prepared by ``inference_model`` for ``device`` (the fast path) or is the network as
     trained (the reference path, autocast to ``options.precision``).
     ``volume`` is the normalised (Z, Y, X) float image on the canonical grid, or a
-    ``normalization.NormalizedVolume`` that normalises each slab's crop as it reads it; ``mask`` marks the
-    voxels to classify (default: volume > 0), a bool array or a ``samples.SampleMask`` read slab by
-    slab. They get the network's softmax; every other voxel gets
-    background (class 0) with probability 1, as the paper classifies only its samples.
+    ``normalization.NormalizedVolume`` that normalises each slab's crop as it reads it. ``mask``
+    marks the voxels to classify (default: volume > 0), a bool array or a ``samples.SampleMask``
+    read slab by slab. They get the network's softmax; every other voxel gets background (class 0)
+    with probability 1, as the paper classifies only its samples.
     Probabilities leave the device as uint8, so transfers and host memory stay small. A slab that
     runs out of device memory is split and retried.
     """
@@ -249,6 +250,7 @@ def iter_dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Opti
     box_shape = (whole_box[1] - whole_box[0], whole_box[3] - whole_box[2]) if whole_box else (1, 1)
     thickness = slab_thickness(volume.shape, num_classes, options, model.arch.n_filters, box_shape, device, prepared)
     return_freed_memory_to_the_system()
+    report(progress, 0.0, "Running the network")  # the stage starts now, not when its first slab is done
     with torch.inference_mode():
         for z0 in range(0, z_total, thickness):
             check_cancel(cancel)
@@ -277,18 +279,22 @@ def iter_dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Opti
 def dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Optional[np.ndarray] = None,
                         device: torch.device | str = "cpu", options: DenseOptions = DenseOptions(),
                         progress: Optional[ProgressCallback] = None, cancel: Optional[CancelCheck] = None,
-                        ) -> np.ndarray:
+                        out: Optional[Sequence[np.ndarray]] = None) -> Union[np.ndarray, Sequence[np.ndarray]]:
     """Whole-volume uint8 probabilities (C, Z, Y, X); see ``iter_dense_probabilities``.
 
-    When a GPU runs out of memory even for one-plane slabs, the pass warns and continues on the CPU.
+    ``out``: the C arrays (Z, Y, X) to fill, one per class, returned instead of a new (C, Z, Y, X)
+    array (separate channels can be let go one by one afterwards). When a GPU runs out of memory
+    even for one-plane slabs, the pass warns and continues on the CPU.
     """
-    out = np.empty((model.arch.num_classes,) + tuple(volume.shape), dtype=np.uint8)
+    if out is None:
+        out = np.empty((model.arch.num_classes,) + tuple(volume.shape), dtype=np.uint8)
     device = torch.device(device)
     done = 0
     try:
         for z0, z1, slab in iter_dense_probabilities(model, volume, mask, device, options, progress, cancel):
-            out[:, z0:z1] = slab
-            del slab  # or it would live on through the next slab's pass
+            for channel, values in zip(out, slab):
+                channel[z0:z1] = values
+            del slab, values  # or they would live on through the next slab's pass
             done = z1
     except (torch.OutOfMemoryError, RuntimeError) as error:
         if device.type != "cuda" or not is_out_of_memory(error):
@@ -301,8 +307,9 @@ def dense_probabilities(model: TriplanarCNN, volume: np.ndarray, mask: Optional[
         cpu_model = inference_model(model, fast_cpu_precision(), "cpu", channels_last=True)
         cpu_options = replace(options, memory_budget_bytes=0, channels_last=True)
         for z0, z1, slab in iter_dense_probabilities(cpu_model, volume, mask, "cpu", cpu_options, progress, cancel):
-            out[:, z0:z1] = slab
-            del slab
+            for channel, values in zip(out, slab):
+                channel[z0:z1] = values
+            del slab, values
     return out
 
 
