@@ -182,14 +182,31 @@ def conv_stack_lines(inference: dict) -> List[str]:
 def memory_section(memory: dict, reference) -> List[str]:
     seg, volume = memory["segment"], memory["volume"]
     target = memory.get("target_bytes", 2e9)
-    return ["## Memory: CTA-sized volume on the CPU", "", measured(memory, reference) +
-            f"{' x '.join(map(str, volume['shape']))} voxels ({volume['note']}, {volume['dtype']}, "
-            f"{volume['voxels_above_0']:,} voxels > 0), model: {memory['model']}: peak RSS **{gib(seg['peak_rss_bytes'])}** "
-            f"({seg['peak_rss_bytes'] / 1e9:.2f} GB; target {target / 1e9:.0f} GB: "
-            f"{'met' if seg['peak_rss_bytes'] <= target else 'not met'}), {seg['seconds']:.0f} s end to end at "
-            f"{seg['precision']}. Stages started at (s): "
-            + ", ".join(f"{k} {v}" for k, v in seg["stage_started_at_seconds"].items()) + ". Memory does not depend "
-            "on the network's depth, so a shallow network stands in for the 25-layer one (bench_memory.py).", ""]
+    lines = ["## Memory: CTA-sized volume on the CPU", "", measured(memory, reference) +
+             f"{' x '.join(map(str, volume['shape']))} voxels ({volume['note']}, {volume['dtype']}, "
+             f"{volume['voxels_above_0']:,} voxels > 0), model: {memory['model']}: peak RSS **{gib(seg['peak_rss_bytes'])}** "
+             f"({seg['peak_rss_bytes'] / 1e9:.2f} GB; target {target / 1e9:.0f} GB: "
+             f"{'met' if seg['peak_rss_bytes'] <= target else 'not met'}), {seg['seconds']:.0f} s end to end at "
+             f"{seg['precision']}{' with the ' + seg['backend'] + ' conv stack' if 'backend' in seg else ''}. "
+             "Stages started at (s): "
+             + ", ".join(f"{k} {v}" for k, v in seg["stage_started_at_seconds"].items()) + ". Memory does not depend "
+             "on the network's depth, so a shallow network stands in for the 25-layer one (bench_memory.py).", ""]
+    runs = [("target run", seg)] + [(f"{v['segment'].get('backend', v['backend'])} conv stack, "
+                                     f"{v['slice_mm']} mm slices", v["segment"]) for v in memory.get("variants", [])]
+    if "stage_peak_rss_bytes" in seg:  # resident memory sampled every 50 ms, stages by the progress callback
+        stages = list(dict.fromkeys(k for _, run in runs for k in run.get("stage_peak_rss_bytes", {})))
+        lines += ["| peak RSS (GB) by stage | " + " | ".join(name for name, _ in runs) + " |",
+                  "|---|" + "---:|" * len(runs)]
+        lines += [f"| {stage} | " + " | ".join(f"{run['stage_peak_rss_bytes'][stage] / 1e9:.2f}"
+                                               if stage in run.get("stage_peak_rss_bytes", {}) else "-"
+                                               for _, run in runs) + " |" for stage in stages]
+        lines += ["| **whole process (VmHWM)** | " + " | ".join(f"**{run['peak_rss_bytes'] / 1e9:.2f}**"
+                                                               for _, run in runs) + " |",
+                  "| seconds | " + " | ".join(f"{run['seconds']:.0f}" for _, run in runs) + " |", "",
+                  "A stage's peak: resident memory sampled every 50 ms while the progress callback last named "
+                  "that stage; the whole process's peak also catches shorter spikes. The 0.625 mm slices have an "
+                  "interpolated canonical grid of 39% more voxels (float32 input and uint8 probabilities there).", ""]
+    return lines
 
 
 def training_section(training: dict, reference) -> List[str]:
